@@ -1,0 +1,101 @@
+"""The command line: ``oci-volume-csi serve`` (the CSI driver) and ``oci-volume-csi fuse`` (the view)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import DEFAULT_DRIVER_NAME, DEFAULT_STATE_DIR, __version__
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oci-volume-csi", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the CSI node plugin on a unix socket")
+    serve.add_argument("--endpoint", default="unix:///csi/csi.sock", help="unix:///path/to/csi.sock")
+    serve.add_argument("--node-id", required=True, help="this node's name, e.g. $NODE_NAME")
+    serve.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"store and records (default {DEFAULT_STATE_DIR})")
+    serve.add_argument(
+        "--mode",
+        choices=("fuse", "bind"),
+        default="fuse" if os.path.exists("/dev/fuse") else "bind",
+        help="data plane: fuse (default where /dev/fuse exists) or bind (extracted trees)",
+    )
+    serve.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME, help=f"CSI driver name (default {DEFAULT_DRIVER_NAME})")
+    serve.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="allow plain HTTP for this registry (repeatable); all others use HTTPS",
+    )
+    serve.add_argument(
+        "--registry-config-dir",
+        default="/etc/containerd/certs.d",
+        help="containerd hosts.toml directory (mirrors, CAs); not read yet",
+    )
+    serve.add_argument("--platform", default="", help="os/arch[/variant] to pick from indexes (default: the node's)")
+    serve.add_argument("--registry-timeout", type=float, default=30.0, help="seconds without bytes before a registry request fails (default 30)")
+    serve.add_argument("--max-manifest-bytes", type=_size, default=4 << 20, help="largest manifest accepted (default 4MiB)")
+    serve.add_argument("--max-layers", type=int, default=128, help="most layers in one artifact (default 128)")
+    serve.add_argument("--max-entries", type=int, default=1_000_000, help="most archive entries in one artifact (default 1000000)")
+    serve.add_argument("--max-unpacked-bytes", type=_size, default=64 << 30, help="largest unpacked artifact (default 64GiB)")
+
+    fuse = sub.add_parser("fuse", help="serve the store's trees as a FUSE view at STATE_DIR/view")
+    fuse.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.command == "fuse":
+        from . import fusefs
+
+        fusefs.run(Path(args.state_dir))
+        return 0
+    from . import layout, manifest
+    from .pull import PullConfig
+    from .registry import RegistryConfig
+    from .server import ServeOptions, serve
+
+    pull = PullConfig(
+        registry=RegistryConfig(
+            insecure_hosts=frozenset(args.insecure_registry),
+            timeout=args.registry_timeout,
+            max_manifest_bytes=args.max_manifest_bytes,
+        ),
+        platform=args.platform or manifest.node_platform(),
+        limits=layout.Limits(max_entries=args.max_entries, max_unpacked_bytes=args.max_unpacked_bytes),
+        max_layers=args.max_layers,
+    )
+    return serve(
+        ServeOptions(
+            endpoint=args.endpoint,
+            node_id=args.node_id,
+            state_dir=args.state_dir,
+            mode=args.mode,
+            driver_name=args.driver_name,
+            pull=pull,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The CSI Identity service: who we are, and whether we are ready to serve."""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from . import __version__
+from ._pb import csi_pb2, csi_pb2_grpc
+from .store import Store
+from .views import BindView, FuseView
+
+
+class IdentityService(csi_pb2_grpc.IdentityServicer):
+    def __init__(self, driver_name: str, store: Store, view: BindView | FuseView) -> None:
+        self.driver_name = driver_name
+        self.store = store
+        self.view = view
+
+    def GetPluginInfo(self, request, context):  # noqa: N802 (gRPC method names)
+        return csi_pb2.GetPluginInfoResponse(name=self.driver_name, vendor_version=__version__)
+
+    def GetPluginCapabilities(self, request, context):  # noqa: N802
+        # A node-only plugin for ephemeral inline volumes: no controller service,
+        # no topology constraints. An empty list is what the sidecars expect then.
+        return csi_pb2.GetPluginCapabilitiesResponse(capabilities=[])
+
+    def Probe(self, request, context):  # noqa: N802
+        ready = self.store.healthy() and self.view.healthy()
+        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=ready))

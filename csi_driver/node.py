@@ -1,0 +1,113 @@
+"""The CSI Node service: thin glue from requests to the data-flow steps.
+
+NodePublishVolume runs spec → pull → view → mount → record; NodeUnpublishVolume
+undoes the mount and the record. Idempotency is decided from the mount table and
+the publication records, never from guesses. Operations on one volume id are
+serialised by a lock that is never waited on: a second call while one is in
+flight answers ABORTED, which the kubelet retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+from . import credentials, errors, mounts
+from ._pb import csi_pb2, csi_pb2_grpc
+from .publications import Publication, Publications
+from .pull import PullConfig, pull
+from .spec import check_target_path, check_volume_id, from_publish_request
+from .store import Store
+from .views import BindView, FuseView
+
+
+class VolumeLocks:
+    """One non-blocking lock per volume id."""
+
+    def __init__(self) -> None:
+        self._busy: set[str] = set()
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, volume_id: str) -> Iterator[None]:
+        with self._guard:
+            if volume_id in self._busy:
+                raise errors.Aborted(f"an operation on volume {volume_id} is already in progress; retry later")
+            self._busy.add(volume_id)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._busy.discard(volume_id)
+
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        publications: Publications,
+        view: BindView | FuseView,
+        pull_config: PullConfig,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.publications = publications
+        self.view = view
+        self.pull_config = pull_config
+        self.locks = VolumeLocks()
+
+    def NodeGetInfo(self, request, context):  # noqa: N802 (gRPC method names)
+        return csi_pb2.NodeGetInfoResponse(node_id=self.node_id)
+
+    def NodeGetCapabilities(self, request, context):  # noqa: N802
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[])
+
+    def NodePublishVolume(self, request, context):  # noqa: N802
+        spec = from_publish_request(request)
+        with self.locks.hold(spec.volume_id):
+            existing = self.publications.by_target(spec.target_path)
+            if existing and existing.reference != str(spec.reference):
+                raise errors.AlreadyExists(
+                    f"target {spec.target_path} already holds {existing.reference} "
+                    f"(volume {existing.volume_id}); unpublish it first"
+                )
+            if existing and mounts.find_mount(spec.target_path):
+                return csi_pb2.NodePublishVolumeResponse()
+            creds = credentials.from_secrets(spec.secrets, spec.reference.registry)
+            digest = pull(self.store, spec.reference, spec.pull_policy, creds, self.pull_config)
+            source = self.view.path_for(digest)
+            mounts.make_target(spec.target_path)
+            if mounts.find_mount(spec.target_path) is None:
+                mounts.bind_readonly(source, spec.target_path)
+            self.publications.record(
+                Publication(
+                    volume_id=spec.volume_id,
+                    target=spec.target_path,
+                    reference=str(spec.reference),
+                    digest=digest,
+                    mode=self.view.mode,
+                    pod_namespace=spec.pod.namespace,
+                    pod_name=spec.pod.name,
+                    pod_uid=spec.pod.uid,
+                )
+            )
+            self.store.touch(digest)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    def NodeUnpublishVolume(self, request, context):  # noqa: N802
+        volume_id = check_volume_id(request.volume_id)
+        target = check_target_path(request.target_path)
+        with self.locks.hold(volume_id):
+            while mounts.find_mount(target) is not None:
+                mounts.unmount(target)
+            try:
+                os.rmdir(target)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise errors.Internal(f"could not remove target {target}: {exc.strerror}") from None
+            self.publications.drop(volume_id)
+        return csi_pb2.NodeUnpublishVolumeResponse()

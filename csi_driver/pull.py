@@ -1,0 +1,128 @@
+"""Reference + pull policy → the digest of a complete tree in the store.
+
+This is the middle of the data flow: it asks the registry (``registry.py``) only
+as much as the pull policy requires, hands bytes to the store (``store.py``) to
+verify, and lets ``layout.py`` turn the layers into a tree, which the store then
+commits. It never touches a mount.
+
+Pull policies follow KEP-4639: ``IfNotPresent`` and ``Never`` reuse the node's
+last resolution of the reference when its tree is complete (a digest reference
+needs no network once its content is here); ``Always`` asks the registry which
+digest the tag names now, and still reuses every blob already stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import errors, layout, manifest
+from .credentials import Credentials
+from .reference import Reference
+from .registry import RegistryClient, RegistryConfig
+from .store import Store
+
+
+@dataclass(frozen=True)
+class PullConfig:
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    platform: str = field(default_factory=manifest.node_platform)
+    limits: layout.Limits = field(default_factory=layout.Limits)
+    max_layers: int = 128
+
+
+def pull(store: Store, ref: Reference, policy: str, credentials: Credentials | None, cfg: PullConfig) -> str:
+    """Make sure the tree for ``ref`` is committed; return its manifest digest."""
+    key = str(ref)
+    if policy != "Always":
+        known = store.resolution(key, cfg.platform)
+        if known and store.committed(known):
+            return known
+        if ref.digest:
+            local = _local_tree(store, ref, cfg.platform)
+            if local:
+                store.record_resolution(key, cfg.platform, local)
+                return local
+        if policy == "Never":
+            raise errors.FailedPrecondition(
+                f"{ref} is not on this node and pullPolicy is Never; pull it once with IfNotPresent or Always, "
+                "or pre-load the node"
+            )
+    client = RegistryClient(cfg.registry, credentials)
+    digest = _ensure_tree(store, client, ref, client.resolve(ref), cfg)
+    store.record_resolution(key, cfg.platform, digest)
+    return digest
+
+
+def _where(ref: Reference, digest: str) -> str:
+    return f"{ref.registry}/{ref.repository}@{digest}"
+
+
+def _local_tree(store: Store, ref: Reference, platform: str) -> str | None:
+    """The committed tree a digest reference names, found without the network."""
+    assert ref.digest
+    if store.committed(ref.digest):
+        return ref.digest
+    if not store.has_blob(ref.digest):
+        return None
+    doc = manifest.parse(store.read_blob(ref.digest), "", _where(ref, ref.digest))
+    if isinstance(doc, manifest.Index):
+        chosen = manifest.select_platform(doc, platform, _where(ref, ref.digest)).digest
+        return chosen if store.committed(chosen) else None
+    return None
+
+
+def _manifest_bytes(store: Store, client: RegistryClient, ref: Reference, digest: str) -> tuple[bytes, str]:
+    with store.single_flight(digest):
+        if store.has_blob(digest):
+            return store.read_blob(digest), ""
+        fetched = client.fetch_manifest(ref, digest)
+        store.put_bytes(digest, fetched.data)
+        return fetched.data, fetched.media_type
+
+
+def _image_manifest(
+    store: Store, client: RegistryClient, ref: Reference, top: str, platform: str
+) -> tuple[str, manifest.ImageManifest]:
+    data, media_type = _manifest_bytes(store, client, ref, top)
+    doc = manifest.parse(data, media_type, _where(ref, top))
+    if isinstance(doc, manifest.ImageManifest):
+        return top, doc
+    chosen = manifest.select_platform(doc, platform, _where(ref, top)).digest
+    data, media_type = _manifest_bytes(store, client, ref, chosen)
+    inner = manifest.parse(data, media_type, _where(ref, chosen))
+    if not isinstance(inner, manifest.ImageManifest):
+        raise errors.InvalidArgument(f"{_where(ref, chosen)}: an index inside an index is not supported")
+    return chosen, inner
+
+
+def _ensure_tree(store: Store, client: RegistryClient, ref: Reference, top: str, cfg: PullConfig) -> str:
+    digest, image = _image_manifest(store, client, ref, top, cfg.platform)
+    with store.single_flight(digest):
+        if store.committed(digest):
+            return digest
+        if len(image.layers) > cfg.max_layers:
+            raise errors.ResourceExhausted(
+                f"{_where(ref, digest)} has {len(image.layers)} layers, more than the limit of {cfg.max_layers} "
+                "set by --max-layers"
+            )
+        layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
+        for layer in layers:
+            _ensure_layer(store, client, ref, layer, cfg.limits)
+        store.commit_tree(digest, layout.build_tree(store.root, layers, cfg.limits))
+    return digest
+
+
+def _ensure_layer(store: Store, client: RegistryClient, ref: Reference, layer: layout.Layer, limits: layout.Limits) -> None:
+    compression = layout.compression(layer.media_type) if layout.may_unpack(layer) else None
+    with store.single_flight(layer.digest):
+        if store.has_blob(layer.digest) and (not compression or store.has_blob(layer.digest, decoded=True)):
+            return
+        with client.open_blob(ref, layer.digest) as chunks:
+            store.put_blob(
+                layer.digest,
+                chunks,
+                expected_size=layer.size,
+                compression=compression or None,
+                max_decoded_bytes=limits.max_unpacked_bytes,
+                what=f"layer {layer.digest} ({layer.media_type}) of {ref}",
+            )

@@ -1,0 +1,122 @@
+"""gRPC wiring: the servicers on a unix socket, and one interceptor for errors and logs.
+
+The interceptor is the only place where driver exceptions become gRPC statuses,
+so servicers stay plain: raise an ``errors.DriverError`` and the pod event gets its
+code and message. Anything else is a bug: it is logged with its traceback and
+answered INTERNAL. Each RPC logs one line; the request is logged with its
+``secrets`` field cleared, so no credential ever reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import text_format
+
+from . import errors
+from ._pb import csi_pb2_grpc
+from .identity import IdentityService
+from .node import NodeService
+from .publications import Publications
+from .pull import PullConfig
+from .store import Store
+from .views import open_view
+
+log = logging.getLogger("oci-volume-csi")
+
+
+def redacted(request) -> str:  # type: ignore[no-untyped-def]
+    """One line describing a request, without its secrets."""
+    if "secrets" in request.DESCRIPTOR.fields_by_name and request.secrets:
+        copy = type(request)()
+        copy.CopyFrom(request)
+        copy.ClearField("secrets")
+        request = copy
+    return text_format.MessageToString(request, as_one_line=True)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def call(request, context):  # type: ignore[no-untyped-def]
+            start = time.monotonic()
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                return inner(request, context)
+            except errors.DriverError as exc:
+                code, message = exc.code, exc.message
+            except Exception:  # noqa: BLE001 - the one place that must catch everything
+                log.exception("%s failed unexpectedly", method)
+                code, message = grpc.StatusCode.INTERNAL, f"{method}: internal driver error; see the driver's log"
+            finally:
+                log.info(
+                    "%s %s -> %s %s(%.1f ms)",
+                    method,
+                    redacted(request),
+                    code.name,
+                    f"{message} " if message else "",
+                    (time.monotonic() - start) * 1000,
+                )
+            context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    endpoint: str
+    node_id: str
+    state_dir: str
+    mode: str
+    driver_name: str
+    pull: PullConfig
+    workers: int = 16
+
+
+def socket_path(endpoint: str) -> str:
+    if not endpoint.startswith("unix://"):
+        raise SystemExit(f"--endpoint must be unix:///path/to.sock, not {endpoint!r}")
+    return "/" + endpoint[len("unix://") :].lstrip("/")
+
+
+def serve(opts: ServeOptions) -> int:
+    """Serve until SIGTERM/SIGINT; then stop serving, keep every mount, return 0."""
+    os.makedirs(opts.state_dir, exist_ok=True)
+    store = Store(opts.state_dir)
+    view = open_view(opts.mode, store)
+    publications = Publications(opts.state_dir)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
+    csi_pb2_grpc.add_NodeServicer_to_server(
+        NodeService(opts.node_id, store, publications, view, opts.pull), server
+    )
+    path = socket_path(opts.endpoint)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    server.add_insecure_port(f"unix://{path}")
+    server.start()
+    log.info("serving %s on %s (node %s, mode %s, state %s)", opts.driver_name, path, opts.node_id, view.mode, opts.state_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: mounts stay in place")
+    server.stop(grace=5).wait()
+    return 0

@@ -1,0 +1,93 @@
+"""NodePublishVolume request → a validated :class:`VolumeSpec`.
+
+This is the only place that reads the request's raw fields, so every later step
+works on checked values: an absolute target path without ``..``, a mount (not
+block) capability, a parsed reference and a known pull policy. Unknown volume
+attributes are refused by name (a typo such as ``pullpolicy`` must not be silently
+ignored); keys under ``csi.storage.k8s.io/`` are the kubelet's pod info.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import errors
+from .reference import Reference, default_pull_policy, parse_reference
+
+ATTRIBUTES = ("reference", "pullPolicy")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+POD_INFO_PREFIX = "csi.storage.k8s.io/"
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    service_account: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.name else "(unknown pod)"
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    volume_id: str
+    target_path: str
+    reference: Reference
+    pull_policy: str
+    pod: Pod
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def check_volume_id(volume_id: str) -> str:
+    if not volume_id:
+        raise errors.InvalidArgument("volume_id is missing from the request")
+    return volume_id
+
+
+def check_target_path(target: str) -> str:
+    """An absolute, normalised path: the kubelet never sends anything else."""
+    if not target:
+        raise errors.InvalidArgument("target_path is missing from the request")
+    if not target.startswith("/") or ".." in target.split("/") or "\0" in target:
+        raise errors.InvalidArgument(f"target_path {target!r} must be an absolute path without '..'")
+    return posixpath.normpath(target)
+
+
+def _check_capability(request) -> None:  # type: ignore[no-untyped-def]
+    if not request.HasField("volume_capability"):
+        raise errors.InvalidArgument("volume_capability is missing: this driver serves mount volumes")
+    if not request.volume_capability.HasField("mount"):
+        raise errors.InvalidArgument(
+            "only mount volumes are supported, not block: an OCI artifact is a directory tree"
+        )
+
+
+def from_publish_request(request) -> VolumeSpec:  # type: ignore[no-untyped-def]
+    """Validate a ``csi.v1.NodePublishVolumeRequest``."""
+    volume_id = check_volume_id(request.volume_id)
+    target = check_target_path(request.target_path)
+    _check_capability(request)
+    context = dict(request.volume_context)
+    unknown = sorted(k for k in context if k not in ATTRIBUTES and not k.startswith(POD_INFO_PREFIX))
+    if unknown:
+        raise errors.InvalidArgument(
+            f"unknown volume attribute(s) {', '.join(unknown)}; supported: {', '.join(ATTRIBUTES)}"
+        )
+    text = context.get("reference", "").strip()
+    if not text:
+        raise errors.InvalidArgument("volume attribute 'reference' is required (e.g. registry.example/repo:tag)")
+    reference = parse_reference(text)
+    policy = context.get("pullPolicy") or default_pull_policy(reference)
+    if policy not in PULL_POLICIES:
+        raise errors.InvalidArgument(f"pullPolicy {policy!r} is not one of {', '.join(PULL_POLICIES)}")
+    pod = Pod(
+        namespace=context.get(POD_INFO_PREFIX + "pod.namespace", ""),
+        name=context.get(POD_INFO_PREFIX + "pod.name", ""),
+        uid=context.get(POD_INFO_PREFIX + "pod.uid", ""),
+        service_account=context.get(POD_INFO_PREFIX + "serviceAccount.name", ""),
+    )
+    return VolumeSpec(volume_id, target, reference, policy, pod, dict(request.secrets))

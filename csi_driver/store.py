@@ -1,0 +1,332 @@
+"""The content store: verified blobs on disk, metadata in SQLite, one pull per digest.
+
+Layout under the state dir::
+
+    store.db                      SQLite (WAL): blobs, trees, tree entries, resolutions
+    blobs/sha256/<hex>            every blob exactly as the registry served it, verified
+    layers/sha256/<hex>.tar       the uncompressed tar of a compressed tar-family layer
+    tmp/                          work files; renamed into place only once verified
+
+Why this shape:
+- A blob is written to ``tmp/`` while its digest is computed, and renamed into
+  ``blobs/`` only when the digest matches; a crash leaves at most a temp file, never
+  a file under a real name with the wrong bytes.
+- A compressed layer is inflated *during* the download (one pass over the bytes),
+  so the FUSE view can serve a file as a byte range of an uncompressed tar, and the
+  bind view can copy it out, without inflating anything again.
+- A tree counts as present only once its row in ``trees`` is committed, in the same
+  transaction as its entries, after every blob it points at is in place. That row
+  is what "complete" means for everything downstream.
+- ``single_flight`` gives one lock per digest, so twenty volumes asking for one new
+  artifact at once cause one download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import zstandard
+
+from . import errors
+from .tree import Entry, Kind
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    decoded_size INTEGER,
+    fetched_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trees (
+    digest TEXT PRIMARY KEY,
+    committed_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    tree TEXT NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    link TEXT NOT NULL,
+    source TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (tree, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resolutions (
+    reference TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    resolved_at REAL NOT NULL,
+    PRIMARY KEY (reference, platform)
+);
+"""
+
+CHUNK = 1 << 20
+
+
+def split_digest(digest: str) -> tuple[str, str]:
+    """Return (algorithm, hex) of a digest we can verify; only sha256 is accepted."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise errors.InvalidArgument(f"unsupported or malformed digest {digest!r}: only sha256 digests are accepted")
+    return algo, hexpart
+
+
+def blob_relpath(digest: str) -> str:
+    algo, hexpart = split_digest(digest)
+    return f"blobs/{algo}/{hexpart}"
+
+
+def decoded_relpath(digest: str) -> str:
+    algo, hexpart = split_digest(digest)
+    return f"layers/{algo}/{hexpart}.tar"
+
+
+class _Decoder:
+    """Streaming gzip/zstd inflater that also follows concatenated members/frames."""
+
+    def __init__(self, compression: str) -> None:
+        self.compression = compression
+        self._obj = self._new()
+
+    def _new(self):  # type: ignore[no-untyped-def]
+        if self.compression == "gzip":
+            return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._obj.decompress(data))
+            data = self._obj.unused_data if self._eof() else b""
+            if data:
+                self._obj = self._new()
+        return b"".join(out)
+
+    def _eof(self) -> bool:
+        return bool(getattr(self._obj, "eof", False))
+
+    def finish(self) -> None:
+        if self.compression == "gzip" and not self._obj.eof:
+            raise zlib.error("truncated gzip stream")
+
+
+class Store:
+    """Content-addressed store rooted at ``state_dir``; safe to share between threads."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        for sub in ("blobs/sha256", "layers/sha256", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._flights: dict[str, tuple[threading.Lock, int]] = {}
+        self._flights_guard = threading.Lock()
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    # -- database ---------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.root / "store.db", timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on this thread's connection (committed on success)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def healthy(self) -> bool:
+        try:
+            self._conn().execute("SELECT 1 FROM trees LIMIT 1").fetchall()
+        except sqlite3.Error:
+            return False
+        return os.access(self.root / "tmp", os.W_OK)
+
+    # -- single flight ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def single_flight(self, digest: str) -> Iterator[None]:
+        """Serialise work on one digest across threads; other digests proceed."""
+        with self._flights_guard:
+            lock, users = self._flights.get(digest, (threading.Lock(), 0))
+            self._flights[digest] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._flights_guard:
+                lock, users = self._flights[digest]
+                if users == 1:
+                    del self._flights[digest]
+                else:
+                    self._flights[digest] = (lock, users - 1)
+
+    # -- blobs ------------------------------------------------------------------------
+
+    def has_blob(self, digest: str, decoded: bool = False) -> bool:
+        rel = decoded_relpath(digest) if decoded else blob_relpath(digest)
+        return (self.root / rel).is_file()
+
+    def read_blob(self, digest: str) -> bytes:
+        return (self.root / blob_relpath(digest)).read_bytes()
+
+    def put_bytes(self, digest: str, data: bytes) -> None:
+        """Store small already-fetched bytes (a manifest) after checking their digest."""
+        self.put_blob(digest, [data], expected_size=len(data))
+
+    def put_blob(
+        self,
+        digest: str,
+        chunks: Iterable[bytes],
+        expected_size: int,
+        compression: str | None = None,
+        max_decoded_bytes: int | None = None,
+        what: str = "",
+    ) -> None:
+        """Stream a blob into the store, verifying its size and digest before it is named.
+
+        With ``compression`` ("gzip"/"zstd") the inflated tar is written alongside in the
+        same pass. ``what`` names the blob in error messages (reference and layer).
+        """
+        what = what or digest
+        _, hexpart = split_digest(digest)
+        tmp = self.root / "tmp"
+        suffix = f"{hexpart}.{os.getpid()}.{threading.get_ident()}"
+        raw_tmp = tmp / f"blob-{suffix}"
+        dec_tmp = tmp / f"layer-{suffix}.tar"
+        hasher = hashlib.sha256()
+        received = decoded = 0
+        try:
+            with contextlib.ExitStack() as stack:
+                raw = stack.enter_context(open(raw_tmp, "wb"))
+                out = stack.enter_context(open(dec_tmp, "wb")) if compression else None
+                decoder = _Decoder(compression) if compression else None
+                for chunk in chunks:
+                    received += len(chunk)
+                    if received > expected_size:
+                        raise errors.DataLoss(
+                            f"{what}: the registry sent more than the {expected_size} bytes the manifest declares; "
+                            "the registry or artifact is corrupt, push it again"
+                        )
+                    hasher.update(chunk)
+                    raw.write(chunk)
+                    if decoder is not None and out is not None:
+                        data = decoder.feed(chunk)
+                        decoded += len(data)
+                        if max_decoded_bytes is not None and decoded > max_decoded_bytes:
+                            raise errors.ResourceExhausted(
+                                f"{what}: inflates to more than {max_decoded_bytes} bytes, the limit set by "
+                                "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
+                            )
+                        out.write(data)
+                if decoder is not None:
+                    decoder.finish()
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != digest or received != expected_size:
+                raise errors.DataLoss(
+                    f"{what}: content does not match its digest (got {actual}, {received} bytes; "
+                    f"expected {expected_size} bytes); the registry served corrupt data, push the artifact again"
+                )
+            if compression:
+                os.replace(dec_tmp, self.root / decoded_relpath(digest))
+            os.replace(raw_tmp, self.root / blob_relpath(digest))
+        except (zlib.error, zstandard.ZstdError) as exc:
+            raise errors.InvalidArgument(
+                f"{what}: the layer is not valid {compression} data ({exc}); the artifact is broken, push it again"
+            ) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.ResourceExhausted(
+                    f"{what}: no space left in the driver's state dir {self.root}; free disk space or "
+                    "lower the cache size"
+                ) from None
+            raise
+        finally:
+            for leftover in (raw_tmp, dec_tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO blobs (digest, size, decoded_size, fetched_at) VALUES (?, ?, ?, ?)",
+                (digest, received, decoded if compression else None, time.time()),
+            )
+
+    # -- trees ------------------------------------------------------------------------
+
+    def committed(self, digest: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM trees WHERE digest = ?", (digest,)).fetchone()
+        return row is not None
+
+    def commit_tree(self, digest: str, entries: Sequence[Entry]) -> None:
+        """Record a complete tree; from now on views may serve it."""
+        now = time.time()
+        size = sum(e.size for e in entries if e.kind is Kind.FILE)
+        with self._db() as db:
+            db.execute("DELETE FROM entries WHERE tree = ?", (digest,))
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (digest, e.path, e.kind.value, e.mode, e.uid, e.gid, e.mtime, e.size, e.link, e.source, e.offset)
+                    for e in entries
+                ),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes) VALUES (?, ?, ?, ?, ?)",
+                (digest, now, now, len(entries), size),
+            )
+
+    def load_tree(self, digest: str) -> list[Entry]:
+        rows = self._conn().execute(
+            "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries "
+            "WHERE tree = ? ORDER BY path",
+            (digest,),
+        )
+        return [Entry(p, Kind(k), m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows]
+
+    def committed_digests(self) -> list[str]:
+        return [d for (d,) in self._conn().execute("SELECT digest FROM trees ORDER BY digest")]
+
+    def touch(self, digest: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE trees SET last_used = ? WHERE digest = ?", (time.time(), digest))
+
+    # -- resolutions ------------------------------------------------------------------
+
+    def record_resolution(self, reference: str, platform: str, digest: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO resolutions VALUES (?, ?, ?, ?)", (reference, platform, digest, time.time())
+            )
+
+    def resolution(self, reference: str, platform: str) -> str | None:
+        row = self._conn().execute(
+            "SELECT digest FROM resolutions WHERE reference = ? AND platform = ?", (reference, platform)
+        ).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,94 @@
+"""The filesystem views a publish binds from: ``bind`` (extracted trees) or ``fuse``.
+
+Both answer one question, "which directory holds the tree of this digest?", and
+whether they are healthy (``Probe``). The FUSE view is served by its own process
+(``oci-volume-csi fuse``), started detached so that a restart of ``serve`` leaves
+every volume in place; ``serve`` only starts one when no live view is mounted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import bindview, errors, mounts
+from .store import Store
+
+FUSE_FS_TYPE = "fuse.oci-volume-csi"
+
+
+class BindView:
+    mode = "bind"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def path_for(self, digest: str) -> str:
+        tree = bindview.tree_dir(self.store.root, digest)
+        if tree.is_dir():
+            return str(tree)
+        with self.store.single_flight(digest):
+            return str(bindview.materialize(self.store.root, digest, self.store.load_tree(digest)))
+
+    def healthy(self) -> bool:
+        return True
+
+
+class FuseView:
+    mode = "fuse"
+
+    def __init__(self, store: Store, start_timeout: float = 15.0) -> None:
+        self.store = store
+        self.mountpoint = str(store.root / "view")
+        self.start_timeout = start_timeout
+
+    def path_for(self, digest: str) -> str:
+        path = f"{self.mountpoint}/{digest}"
+        if mounts.path_state(path) != "ok":
+            raise errors.Unavailable(
+                f"the FUSE view does not serve {digest} (view at {self.mountpoint} is down); "
+                "the driver restarts it, retry shortly"
+            )
+        return path
+
+    def live(self) -> bool:
+        info = mounts.find_mount(self.mountpoint)
+        return info is not None and info.fs_type == FUSE_FS_TYPE and mounts.path_state(self.mountpoint) == "ok"
+
+    def healthy(self) -> bool:
+        return self.live()
+
+    def ensure_running(self) -> None:
+        """Start ``oci-volume-csi fuse`` detached unless a live view is already mounted."""
+        if self.live():
+            return
+        os.makedirs(self.mountpoint, exist_ok=True)
+        log = open(self.store.root / "fuse.log", "ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "csi_driver", "fuse", "--state-dir", str(self.store.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.live():
+                return
+            time.sleep(0.05)
+        raise errors.Unavailable(
+            f"the FUSE view did not come up at {self.mountpoint} within {self.start_timeout:.0f}s; "
+            f"see {self.store.root / 'fuse.log'}"
+        )
+
+
+def open_view(mode: str, store: Store) -> BindView | FuseView:
+    view = FuseView(store) if mode == "fuse" else BindView(store)
+    if isinstance(view, FuseView):
+        view.ensure_running()
+    return view
