@@ -1,4 +1,4 @@
-"""The network: the OCI distribution API, read-only (resolve a tag, fetch a manifest, stream a blob).
+"""The network: the OCI distribution API, read only (resolve a tag, fetch a manifest, a blob).
 
 Requests go straight through ``requests`` rather than through ``oras.provider.Registry``,
 because what this driver needs from the network is exactly where oras falls short:
@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.cookiejar import DefaultCookiePolicy
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import oras.defaults
 import requests
@@ -62,7 +62,7 @@ _CHALLENGE_PARAM_RE = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]*))')
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """Network policy, from the command line (``--insecure-registry``, ``--registry-timeout``...)."""
+    """Network policy, from the command line (``--insecure-registry``, ``--registry-timeout``)."""
 
     insecure_hosts: frozenset[str] = frozenset()
     timeout: float = 30.0
@@ -203,13 +203,13 @@ class RegistryClient:
                 if response.status_code not in (401, 403):
                     with session.lock:
                         session.authorization[scope] = authorization
-        _check_status(response, ref.registry, subject)
+        self._check_status(response, ref.registry, subject)
         return response
 
     def _answer(
         self, session: _Session, challenge: str, scope: str, ref: Reference, subject: str
     ) -> str | None:
-        """The Authorization value that answers ``challenge``, or None if we have nothing to offer."""
+        """The Authorization value answering ``challenge``, or None if we have nothing to offer."""
         scheme, _, rest = challenge.strip().partition(" ")
         params = {m[0].lower(): m[1] or m[2] for m in _CHALLENGE_PARAM_RE.findall(rest)}
         if scheme.lower() == "basic":
@@ -221,7 +221,7 @@ class RegistryClient:
         query = {"scope": params.get("scope") or scope}
         if params.get("service"):
             query["service"] = params["service"]
-        token_url = requests.Request("GET", realm, params=query).prepare().url or realm
+        token_url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = _with_auth({"Accept": "application/json"}, session.basic)
         with self._follow(session, "GET", token_url, headers, subject) as response:
             if response.status_code in (401, 403):
@@ -230,7 +230,7 @@ class RegistryClient:
                     f"{subject}: check the pod's nodePublishSecretRef (a dockerconfigjson Secret "
                     f"with an entry for {ref.registry})"
                 )
-            _check_status(response, ref.registry, f"a token for {subject}")
+            self._check_status(response, ref.registry, f"a token for {subject}")
             too_big = errors.Unavailable(
                 f"the token service of registry {ref.registry} sent more than "
                 f"{_MAX_TOKEN_BYTES} bytes for {subject}"
@@ -290,8 +290,8 @@ class RegistryClient:
         """
         host = urlsplit(url).netloc
         timeout = self.config.timeout
-        for attempt in range(self.config.retries + 1):
-            last = attempt == self.config.retries
+        attempt = 0
+        while True:
             try:
                 response = session.http.request(
                     method,
@@ -312,7 +312,7 @@ class RegistryClient:
                     "registry and the network, or raise --registry-timeout"
                 ) from exc
             except requests.ConnectionError as exc:
-                if last:
+                if attempt >= self.config.retries:
                     raise errors.Unavailable(
                         f"cannot reach registry {host} for {subject} ({_reason(exc)}): check the "
                         "registry's address, DNS and the node's network"
@@ -322,11 +322,39 @@ class RegistryClient:
                     f"request to registry {host} for {subject} failed ({_reason(exc)})"
                 ) from exc
             else:
-                if response.status_code < 500 or last:
+                if response.status_code < 500 or attempt >= self.config.retries:
                     return response
                 response.close()
             time.sleep(_BACKOFF * 2**attempt)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            attempt += 1
+
+    def _check_status(self, response: requests.Response, registry: str, subject: str) -> None:
+        """Turn a non-2xx answer into the driver error DESIGN.md's table names."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        detail = _error_detail(response)
+        response.close()
+        if status == 404:
+            raise errors.NotFound(
+                f"{subject} not found in registry {registry}{detail}: check the repository, "
+                "the tag and the digest"
+            )
+        if status in (401, 403):
+            given = "refused the credentials" if self._credentials else "wants credentials"
+            raise errors.PermissionDenied(
+                f"registry {registry} {given} for {subject}{detail}: check the pod's "
+                f"nodePublishSecretRef (a dockerconfigjson Secret with an entry for {registry}); "
+                "some registries answer so for a repository that does not exist"
+            )
+        if status == 429:
+            raise errors.Unavailable(
+                f"registry {registry} is rate-limiting pulls of {subject}{detail}: retry later, "
+                "or pull with credentials that have a higher limit"
+            )
+        raise errors.Unavailable(
+            f"registry {registry} answered HTTP {status} for {subject}{detail}"
+        )
 
     def _scheme(self, registry: str) -> str:
         return "http" if registry in self.config.insecure_hosts else "https"
@@ -334,14 +362,14 @@ class RegistryClient:
     def _refuse_plain_http(self, url: str, subject: str) -> None:
         """Only hosts named by --insecure-registry are ever spoken to in plain HTTP."""
         parts = urlsplit(url)
-        if parts.scheme == "http" and parts.netloc not in self.config.insecure_hosts:
-            raise errors.Unavailable(
-                f"registry sent {subject} to plain-HTTP host {parts.netloc}, which is refused: "
-                f"start the driver with --insecure-registry {parts.netloc} if that is intended"
-            )
         if parts.scheme not in ("http", "https"):
             raise errors.Unavailable(
-                f"registry sent {subject} to an unsupported URL scheme {parts.scheme!r}"
+                f"the registry sent {subject} to an URL with scheme {parts.scheme!r}, not https"
+            )
+        if parts.scheme == "http" and parts.netloc not in self.config.insecure_hosts:
+            raise errors.Unavailable(
+                f"the registry sent {subject} to plain-HTTP host {parts.netloc}, which is "
+                f"refused: start the driver with --insecure-registry {parts.netloc} if intended"
             )
 
 
@@ -355,32 +383,6 @@ def _check_digest_argument(digest: str, subject: str) -> None:
     """A digest goes into a URL path; only the verified form may."""
     if not valid_digest(digest):
         raise errors.InvalidArgument(f"{subject}: not a sha256 digest (sha256:<64 hex digits>)")
-
-
-def _check_status(response: requests.Response, registry: str, subject: str) -> None:
-    """Turn a non-2xx answer into the driver error DESIGN.md's table names."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    detail = _error_detail(response)
-    response.close()
-    if status == 404:
-        raise errors.NotFound(
-            f"{subject} not found in registry {registry}{detail}: check the repository, "
-            "the tag and the digest"
-        )
-    if status in (401, 403):
-        raise errors.PermissionDenied(
-            f"registry {registry} refused the credentials for {subject}{detail}: check the "
-            f"pod's nodePublishSecretRef (a dockerconfigjson Secret with an entry for "
-            f"{registry}); some registries answer so for a repository that does not exist"
-        )
-    if status == 429:
-        raise errors.Unavailable(
-            f"registry {registry} is rate-limiting pulls of {subject}{detail}: retry later, "
-            "or pull with credentials that have a higher limit"
-        )
-    raise errors.Unavailable(f"registry {registry} answered HTTP {status} for {subject}{detail}")
 
 
 def _error_detail(response: requests.Response) -> str:

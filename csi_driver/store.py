@@ -136,8 +136,7 @@ class Store:
         self._local = threading.local()
         self._flights: dict[str, tuple[threading.Lock, int]] = {}
         self._flights_guard = threading.Lock()
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        self._conn().executescript(SCHEMA)
 
     # -- database ---------------------------------------------------------------------
 

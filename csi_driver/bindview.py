@@ -1,0 +1,166 @@
+"""The ``--mode bind`` data plane: a tree materialised on disk once per manifest digest.
+
+A volume is then a read-only bind mount of plain files: no process sits in the
+data path, so a crash, restart or upgrade of the driver touches no mount
+(DESIGN.md, "Processes and restarts"). The tree is built in a temp dir and renamed
+into place, so a crash never leaves a half tree that looks complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from csi_driver import errors
+from csi_driver.layout import depth_first, digest_hex
+from csi_driver.tree import ROOT, Entry, Kind
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# copy_file_range refuses some filesystem pairs; plain reads and writes always work.
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_CHUNK = 1 << 20
+
+
+def tree_dir(state_dir: Path, digest: str) -> Path:
+    """Where the materialised tree of a manifest digest lives."""
+    return state_dir / "trees" / "sha256" / digest_hex(digest)
+
+
+def materialize(state_dir: Path, digest: str, entries: Sequence[Entry]) -> Path:
+    """Write ``entries`` out as a directory tree once; return its path.
+
+    Idempotent: an existing tree is returned as it is, and when two calls race the
+    loser drops its copy.
+    """
+    final = tree_dir(state_dir, digest)
+    if final.is_dir():
+        return final
+    try:
+        _build_and_rename(state_dir, final, entries)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise errors.ResourceExhausted(
+                f"the disk of the state dir {state_dir} is full while extracting {digest}; "
+                "free space on the node or use --mode fuse"
+            ) from exc
+        raise
+    return final
+
+
+def _build_and_rename(state_dir: Path, final: Path, entries: Sequence[Entry]) -> None:
+    """Build in a temp dir and rename it into place; on any failure remove the temp dir."""
+    temp_root = state_dir / "tmp"
+    temp_root.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f"tree-{final.name}-", dir=temp_root))
+    try:
+        _Builder(state_dir, temp).build(entries)
+        # Make the bytes durable before the rename makes the tree look complete.
+        os.sync()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(temp, final)
+    except BaseException as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        lost_race = isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
+        if lost_race and final.is_dir():
+            return  # another call renamed the same tree into place first
+        raise
+
+
+class _Builder:
+    """Creates a tree below ``root``, relative to directory fds opened with O_NOFOLLOW.
+
+    Layout already refused every path that could escape; working from fds is
+    defence in depth, so that no path is ever resolved through a symlink.
+    """
+
+    def __init__(self, state_dir: Path, root: Path) -> None:
+        self.state_dir = state_dir
+        self.root = root
+        self.sources: dict[str, int] = {}
+        # The open directories from the root down to the current entry's parent.
+        self.stack: list[tuple[Entry, int]] = []
+
+    def build(self, entries: Sequence[Entry]) -> None:
+        """Create every entry in depth-first order.
+
+        Depth-first lets a directory get its final mode, owner and mtime as soon
+        as its last descendant exists: deepest first, so neither a read-only
+        directory nor the mtime change of creating a child gets in the way.
+        """
+        self.stack.append((ROOT, os.open(self.root, _DIR_FLAGS)))
+        try:
+            for entry in sorted(entries, key=depth_first):
+                self._create(entry)
+            while self.stack:
+                self._finish(*self.stack.pop())
+        finally:
+            for _, fd in self.stack:
+                os.close(fd)
+            for fd in self.sources.values():
+                os.close(fd)
+
+    def _create(self, entry: Entry) -> None:
+        if not entry.path:
+            self.stack[0] = (entry, self.stack[0][1])
+            return
+        parent, _, name = entry.path.rpartition("/")
+        while self.stack[-1][0].path != parent:
+            if len(self.stack) == 1:
+                raise errors.Internal(f"tree entry {entry.path!r} has no parent directory")
+            self._finish(*self.stack.pop())
+        dir_fd = self.stack[-1][1]
+        if entry.kind is Kind.DIR:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            self.stack.append((entry, os.open(name, _DIR_FLAGS, dir_fd=dir_fd)))
+        elif entry.kind is Kind.SYMLINK:
+            os.symlink(entry.link, name, dir_fd=dir_fd)
+            os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+            os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
+        else:
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            try:
+                self._copy(entry, fd)
+                self._finish_fd(entry, fd)
+            finally:
+                os.close(fd)
+
+    def _finish(self, entry: Entry, fd: int) -> None:
+        """Give a directory whose contents all exist its final metadata, and close it."""
+        try:
+            self._finish_fd(entry, fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _finish_fd(entry: Entry, fd: int) -> None:
+        # chown before chmod: chown may clear mode bits.
+        os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, (entry.mtime, entry.mtime))
+
+    def _copy(self, entry: Entry, fd: int) -> None:
+        """Copy the entry's bytes from the store, in the kernel where it can."""
+        source = self.sources.get(entry.source)
+        if source is None:
+            source = os.open(self.state_dir / entry.source, os.O_RDONLY | os.O_CLOEXEC)
+            self.sources[entry.source] = source
+        offset, end = entry.offset, entry.offset + entry.size
+        while offset < end:
+            try:
+                copied = os.copy_file_range(source, fd, end - offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                copied = os.write(fd, os.pread(source, min(end - offset, _CHUNK), offset))
+            if copied == 0:
+                raise errors.DataLoss(
+                    f"store file {entry.source} ends before byte {end} that {entry.path!r} needs; "
+                    "the store is damaged: remove that file so that the next pull fetches it again"
+                )
+            offset += copied

@@ -1,0 +1,440 @@
+"""The FUSE data plane: every committed tree of the store, read-only, at ``<state-dir>/view``.
+
+``oci-volume-csi fuse --state-dir DIR`` runs :func:`run`: one pyfuse3 filesystem per
+node, on trio, serving each committed tree as ``/<digest>/`` straight from the
+store (a file's bytes are a byte range of a layer tar or blob; nothing is copied).
+Publishing a volume is then a read-only bind of ``view/<digest>`` onto the target.
+
+Why a process of its own: the kernel routes every read of every FUSE volume to
+the process holding the FUSE connection. If that were the gRPC server, restarting
+or upgrading it would turn every running pod's volume into "transport endpoint is
+not connected". This process only reads the store (its SQLite rows and files),
+needs no RPC, and keeps serving while ``serve`` restarts.
+
+Why long kernel cache timeouts and ``keep_cache``: a tree is immutable once
+committed (its name is its digest), so entries, attributes and page-cache data can
+never go stale; the kernel may keep them for as long as it likes, and a warm pod
+touches this process only on ``open``.
+
+Why no negative entries at the root: ``serve`` binds ``view/<digest>`` right after
+committing the tree. A lookup that missed a moment earlier must not be cached by
+the kernel, or the fresh tree would stay invisible for the negative timeout; so an
+unknown name at the root raises ``ENOENT`` (never cached) and every lookup there
+asks the store. The root's own attributes are not cached at all (see ``ROOT_TIMEOUT``).
+
+Concurrency: handlers run on the trio loop; store reads (SQLite, WAL mode, written
+by ``serve`` meanwhile) and file reads run in worker threads, each thread with its
+own SQLite connection (``Store`` keeps them thread-local). This process never makes
+a syscall on its own mountpoint after mounting: it would wait on itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import signal
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from . import errors, mounts
+from .store import Store, split_digest
+from .tree import ROOT, Entry, Kind
+
+log = logging.getLogger(__name__)
+
+FS_NAME = "oci-volume-csi"
+FS_TYPE = f"fuse.{FS_NAME}"
+MOUNT_OPTIONS = frozenset({f"fsname={FS_NAME}", f"subtype={FS_NAME}", "ro", "allow_other", "default_permissions"})
+
+TREE_TIMEOUT = 3600.0
+"""Seconds the kernel may cache a tree's entries and attributes: they never change."""
+ROOT_TIMEOUT = 0.0
+"""The root's attributes are never cached: its listing grows with each commit, and ``serve``
+checks the view is alive by a stat of the root, which a cached answer would fake after
+this process died."""
+
+BLOCK_SIZE = 4096
+_TYPE_BITS = {Kind.DIR: stat.S_IFDIR, Kind.FILE: stat.S_IFREG, Kind.SYMLINK: stat.S_IFLNK}
+
+
+@dataclass(slots=True)
+class Node:
+    """One inode of a loaded tree; ``children``/``names`` only for directories.
+
+    ``names`` keeps the children in listing order, so a readdir offset is an index
+    into it (stable, because the tree never changes).
+    """
+
+    ino: int
+    entry: Entry
+    parent: int
+    children: dict[bytes, int] | None = None
+    names: list[bytes] | None = None
+    subdirs: int = 0
+
+
+def build_tree(entries: list[Entry], first_ino: int, parent: int) -> dict[int, Node]:
+    """Inodes ``first_ino``… for a tree's entries (sorted parents-first); the root comes first.
+
+    A parent directory the entries do not list is added as 0755, so a tree is
+    always fully reachable; an entry below a non-directory cannot be reached and
+    is left out.
+    """
+    nodes: dict[int, Node] = {}
+    by_path: dict[str, Node] = {}
+
+    def add(entry: Entry, parent_ino: int) -> Node:
+        node = Node(first_ino + len(nodes), entry, parent_ino)
+        if entry.kind is Kind.DIR:
+            node.children, node.names = {}, []
+        nodes[node.ino] = by_path[entry.path] = node
+        return node
+
+    def directory(path: str) -> Node | None:
+        if path in by_path:
+            node = by_path[path]
+            return node if node.entry.kind is Kind.DIR else None
+        head, _, _ = path.rpartition("/")
+        parent_node = directory(head)
+        if parent_node is None:
+            return None
+        return link(parent_node, Entry(path=path, kind=Kind.DIR, mode=0o755))
+
+    def link(parent_node: Node, entry: Entry) -> Node:
+        assert parent_node.children is not None and parent_node.names is not None
+        node = add(entry, parent_node.ino)
+        name = os.fsencode(entry.path.rpartition("/")[2])
+        parent_node.children[name] = node.ino
+        parent_node.names.append(name)
+        if entry.kind is Kind.DIR:
+            parent_node.subdirs += 1
+        return node
+
+    root = entries[0] if entries and entries[0].path == "" else ROOT
+    add(root, parent)
+    for entry in entries:
+        if entry.path == "":
+            continue
+        parent_node = directory(entry.path.rpartition("/")[0])
+        if parent_node is None:
+            log.warning("tree entry %r lies below a non-directory; it is not served", entry.path)
+            continue
+        link(parent_node, entry)
+    return nodes
+
+
+def attributes(node: Node) -> pyfuse3.EntryAttributes:
+    entry = node.entry
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = node.ino
+    attr.st_mode = _TYPE_BITS[entry.kind] | stat.S_IMODE(entry.mode)
+    attr.st_nlink = 2 + node.subdirs if entry.kind is Kind.DIR else 1
+    attr.st_uid = entry.uid
+    attr.st_gid = entry.gid
+    attr.st_size = len(os.fsencode(entry.link)) if entry.kind is Kind.SYMLINK else entry.size
+    attr.st_blksize = BLOCK_SIZE
+    attr.st_blocks = -(-attr.st_size // 512)
+    attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime * 1_000_000_000
+    attr.entry_timeout = attr.attr_timeout = TREE_TIMEOUT
+    return attr
+
+
+@dataclass(slots=True)
+class _OpenSource:
+    fd: int
+    users: int = 0
+
+
+class SourceFiles:
+    """O_RDONLY fds on store files, one per source, shared by every open file reading it.
+
+    A layer tar backs thousands of files, so an fd per source (not per open) keeps
+    the fd count near the number of layers. An fd is closed only while no open
+    file uses it: reads run in worker threads, and closing an fd under one could
+    make it read whatever file reuses the number. Idle fds beyond ``keep_idle`` are
+    closed oldest first.
+    """
+
+    def __init__(self, root: Path, keep_idle: int = 64) -> None:
+        self.root = root
+        self.keep_idle = keep_idle
+        self._open: OrderedDict[str, _OpenSource] = OrderedDict()
+
+    def acquire(self, source: str) -> int:
+        opened = self._open.get(source)
+        if opened is None:
+            opened = self._open[source] = _OpenSource(os.open(self.root / source, os.O_RDONLY | os.O_CLOEXEC))
+        self._open.move_to_end(source)
+        opened.users += 1
+        return opened.fd
+
+    def release(self, source: str) -> None:
+        self._open[source].users -= 1
+        idle = [name for name, opened in self._open.items() if opened.users == 0]
+        for name in idle[: max(0, len(idle) - self.keep_idle)]:
+            os.close(self._open.pop(name).fd)
+
+    def close_all(self) -> None:
+        for opened in self._open.values():
+            os.close(opened.fd)
+        self._open.clear()
+
+
+@dataclass(slots=True)
+class _FileHandle:
+    entry: Entry
+    fd: int
+
+
+@dataclass(slots=True)
+class _DirHandle:
+    ino: int
+    names: list[bytes]
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """Let only FUSEError out of a handler: pyfuse3 stops the filesystem on anything else."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any) -> Any:
+        try:
+            return await handler(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("FUSE %s%r failed", handler.__name__, args[1:])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class TreeFS(pyfuse3.Operations):
+    """The view: the root lists committed digests, each a read-only directory of its tree.
+
+    Inodes are allocated per tree on its first lookup and kept for the life of the
+    process (trees are immutable, so ``forget`` has nothing to drop).
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.sources = SourceFiles(store.root)
+        self._nodes: dict[int, Node] = {}
+        self._trees: dict[str, int] = {}
+        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self._loading = trio.Lock()
+        self._handles: dict[int, _FileHandle | _DirHandle] = {}
+        self._next_fh = itertools.count(1)
+        self._mounted_ns = time.time_ns()
+
+    # -- trees --------------------------------------------------------------------------
+
+    async def _tree_root(self, digest: str) -> int | None:
+        """Inode of the tree's root directory, loading it on first use; None if not committed."""
+        if digest in self._trees:
+            return self._trees[digest]
+        async with self._loading:
+            if digest in self._trees:
+                return self._trees[digest]
+            entries = await trio.to_thread.run_sync(self._read_tree, digest)
+            if entries is None:
+                return None
+            nodes = build_tree(entries, self._next_ino, pyfuse3.ROOT_INODE)
+            self._next_ino += len(nodes)
+            self._nodes.update(nodes)
+            self._trees[digest] = min(nodes)
+            log.info("loaded tree %s (%d inodes)", digest, len(nodes))
+            return self._trees[digest]
+
+    def _read_tree(self, digest: str) -> list[Entry] | None:
+        return self.store.load_tree(digest) if self.store.committed(digest) else None
+
+    def _node(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    async def _root_attributes(self) -> pyfuse3.EntryAttributes:
+        digests = await trio.to_thread.run_sync(self.store.committed_digests)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = pyfuse3.ROOT_INODE
+        attr.st_mode = stat.S_IFDIR | 0o755
+        attr.st_nlink = 2 + len(digests)
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._mounted_ns
+        attr.entry_timeout = attr.attr_timeout = ROOT_TIMEOUT
+        return attr
+
+    async def _attributes(self, ino: int) -> pyfuse3.EntryAttributes:
+        if ino == pyfuse3.ROOT_INODE:
+            return await self._root_attributes()
+        return attributes(self._node(ino))
+
+    async def _child(self, parent: int, name: bytes) -> int | None:
+        if parent == pyfuse3.ROOT_INODE:
+            digest = os.fsdecode(name)
+            try:
+                split_digest(digest)
+            except errors.InvalidArgument:  # not a digest: no need to ask the store
+                return None
+            return await self._tree_root(digest)
+        children = self._node(parent).children
+        if children is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return children.get(name)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    @_guarded
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return await self._attributes(parent_inode)
+        if name == b"..":
+            parent = pyfuse3.ROOT_INODE if parent_inode == pyfuse3.ROOT_INODE else self._node(parent_inode).parent
+            return await self._attributes(parent)
+        ino = await self._child(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self._attributes(ino)
+
+    @_guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attributes(inode)
+
+    @_guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        entry = self._node(inode).entry
+        if entry.kind is not Kind.SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(entry.link)
+
+    @_guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode == pyfuse3.ROOT_INODE:
+            # A snapshot, so offsets stay valid while trees are committed mid-listing.
+            digests = await trio.to_thread.run_sync(self.store.committed_digests)
+            names = [os.fsencode(d) for d in digests]
+        else:
+            node_names = self._node(inode).names
+            if node_names is None:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            names = node_names
+        fh = next(self._next_fh)
+        self._handles[fh] = _DirHandle(inode, names)
+        return fh
+
+    @_guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handles[fh]
+        assert isinstance(handle, _DirHandle)
+        for index in range(start_id, len(handle.names)):
+            name = handle.names[index]
+            ino = await self._child(handle.ino, name)
+            if ino is None:  # a tree removed from the store since opendir
+                continue
+            if not pyfuse3.readdir_reply(token, name, await self._attributes(ino), index + 1):
+                return
+
+    @_guarded
+    async def releasedir(self, fh: int) -> None:
+        del self._handles[fh]
+
+    @_guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        entry = self._node(inode).entry
+        if entry.kind is not Kind.FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR if entry.kind is Kind.DIR else errno.EINVAL)
+        fh = next(self._next_fh)
+        self._handles[fh] = _FileHandle(entry, self.sources.acquire(entry.source))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        assert isinstance(handle, _FileHandle)
+        size = min(size, handle.entry.size - off)
+        if size <= 0:
+            return b""
+        return await trio.to_thread.run_sync(os.pread, handle.fd, size, handle.entry.offset + off)
+
+    @_guarded
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        assert isinstance(handle, _FileHandle)
+        self.sources.release(handle.entry.source)
+
+    @_guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        data.f_files = len(self._nodes) + 1
+        data.f_namemax = 255
+        return data
+
+
+def _clear_mountpoint(mountpoint: Path) -> None:
+    """Create the mountpoint, or detach the dead view a killed server left on it.
+
+    A live view there is refused: stacking a second one would split the volumes
+    between two servers.
+    """
+    state = mounts.path_state(str(mountpoint))
+    if state == "missing":
+        mountpoint.mkdir(parents=True, exist_ok=True)
+    elif state == "dead":
+        log.warning("detaching the dead FUSE view at %s", mountpoint)
+        mounts.unmount(str(mountpoint))
+    else:
+        existing = mounts.find_mount(str(mountpoint))
+        if existing is not None and existing.fs_type == FS_TYPE:
+            raise RuntimeError(f"a live {FS_TYPE} view is already mounted at {mountpoint}; not mounting another")
+
+
+async def _serve() -> None:
+    """Run the FUSE loop until it ends (unmounted from outside) or SIGTERM/SIGINT ends it."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_terminate_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting the view", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def run(state_dir: Path, mountpoint: Path | None = None) -> None:
+    """Mount the view (default ``<state_dir>/view``) and serve it until unmounted or signalled.
+
+    On SIGTERM/SIGINT the view is unmounted cleanly and this returns.
+    """
+    target = Path(os.path.abspath(mountpoint or Path(state_dir) / "view"))
+    _clear_mountpoint(target)
+    fs = TreeFS(Store(Path(state_dir)))
+    pyfuse3.init(fs, str(target), set(MOUNT_OPTIONS))
+    log.info("serving the trees of %s at %s", state_dir, target)
+    try:
+        trio.run(_serve)
+    finally:
+        pyfuse3.close(unmount=True)
+        fs.sources.close_all()

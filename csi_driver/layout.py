@@ -1,0 +1,408 @@
+"""Manifest layers → the tree a volume shows (DESIGN.md, "What appears in the volume").
+
+This step reads only tar headers from the store's uncompressed layer tars and
+records where each file's bytes begin; it never extracts or writes anything. So a
+hostile archive can at worst be refused here: the safety rules (no ``..``, no
+absolute paths, no writing through a symlink, no hardlink out of the tree) are
+checked against an in-memory tree before any view ever touches a disk.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from csi_driver import errors
+from csi_driver.tree import ROOT, Entry, Kind
+
+TITLE = "org.opencontainers.image.title"
+UNPACK = "io.deis.oras.content.unpack"
+OCI_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+KLAUS_PREFIX = "application/vnd.giantswarm.klaus-"
+KLAUS_SUFFIX = ".content.v1.tar+gzip"
+
+# Media type endings of the tar family and the compression each implies. The stem
+# before the ending must end in a separator, so ``…/x-tar`` counts and ``…guitar``
+# does not.
+_TAR_ENDINGS = (("tar+gzip", "gzip"), ("tar.gzip", "gzip"), ("tar+zstd", "zstd"), ("tar", ""))
+_SEPARATORS = ("/", ".", "-", "+")
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+# Permission and sticky bits survive; setuid/setgid never reach a volume.
+_KEPT_MODE = 0o1777
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A manifest's layer descriptor, as far as placing it needs."""
+
+    digest: str
+    media_type: str
+    annotations: Mapping[str, str]
+    size: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a hostile artifact cannot push the driver past (DESIGN.md, safety rules)."""
+
+    max_entries: int = 1_000_000  # --max-entries
+    max_unpacked_bytes: int = 64 << 30  # --max-unpacked-bytes
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """One layer's uncompressed tar: where it lives in the store and its headers."""
+
+    source: str
+    size: int
+    members: list[tarfile.TarInfo]
+
+
+def compression(media_type: str) -> str | None:
+    """``"gzip"``, ``"zstd"`` or ``""`` (plain tar) for a tar-family media type, else None.
+
+    The store decodes a compressed layer once while pulling it, so that this module
+    and both views read a plain tar with random access.
+    """
+    for ending, codec in _TAR_ENDINGS:
+        stem = media_type.removesuffix(ending)
+        if stem != media_type and stem.endswith(_SEPARATORS):
+            return codec
+    return None
+
+
+def digest_hex(digest: str) -> str:
+    """The hex part of a sha256 digest; anything else could name a path outside the store."""
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
+        raise errors.InvalidArgument(
+            f"unsupported digest {digest!r}: only sha256:<64 lowercase hex digits> is supported"
+        )
+    return match.group(1)
+
+
+def blob_path(digest: str) -> str:
+    """Where the store keeps a verified blob, relative to the state dir."""
+    return f"blobs/sha256/{digest_hex(digest)}"
+
+
+def tar_path(layer: Layer) -> str | None:
+    """Where a tar-family layer's uncompressed tar lives, relative to the state dir.
+
+    A plain tar is its own blob; None when the layer is not tar-family.
+    """
+    codec = compression(layer.media_type)
+    if codec is None:
+        return None
+    if codec == "":
+        return blob_path(layer.digest)
+    return f"layers/sha256/{digest_hex(layer.digest)}.tar"
+
+
+def may_unpack(layer: Layer) -> bool:
+    """Whether a placement rule may read the layer as a tar (rules 1 to 3).
+
+    The store decodes only these: an ORAS file push that merely looks like a
+    compressed tar (rule 4) is shown as its blob, so decoding it would waste disk
+    and could fail on a file that is not really one.
+    """
+    if tar_path(layer) is None:
+        return False
+    title = layer.annotations.get(TITLE)
+    return (
+        title is None
+        or layer.annotations.get(UNPACK) == "true"
+        or _is_klaus(layer.media_type)
+        or layer.media_type == OCI_TAR_GZIP
+    )
+
+
+def build_tree(state_dir: Path, layers: Sequence[Layer], limits: Limits) -> list[Entry]:
+    """The volume's tree: each layer placed in manifest order by DESIGN's first matching rule.
+
+    Entries come back sorted depth-first, so every directory precedes its contents
+    and the root ``""`` comes first.
+    """
+    tree = _Tree(limits)
+    for layer in layers:
+        _place(tree, state_dir, layer)
+    return tree.sorted_entries()
+
+
+def _place(tree: _Tree, state_dir: Path, layer: Layer) -> None:
+    """Apply the first of DESIGN's five placement rules that matches ``layer``."""
+    title = layer.annotations.get(TITLE)
+    unpack = layer.annotations.get(UNPACK) == "true"
+    source = tar_path(layer)
+    if title is not None and unpack:  # rule 1: ORAS directory push
+        if source is None:
+            raise errors.InvalidArgument(
+                f"layer {layer.digest} is annotated {UNPACK}=true but its media type "
+                f"{layer.media_type!r} is not a tar archive; the artifact cannot be unpacked"
+            )
+        top = _title_path(title, layer)
+        archive = _read(tree, state_dir, source, layer)
+        for member in archive.members:
+            if not _under(top, _entry_path(member.name, layer), member):
+                raise errors.InvalidArgument(
+                    f"layer {layer.digest} ({layer.media_type}) is the ORAS directory {top!r} "
+                    f"but its entry {member.name!r} lies outside {top}/; refusing the artifact"
+                )
+        _unpack(tree, layer, archive, whiteouts=False)
+    elif source is not None and (title is None or _is_klaus(layer.media_type)):  # rule 2
+        _unpack(tree, layer, _read(tree, state_dir, source, layer), whiteouts=True)
+    elif title is None:  # rule 5
+        raise errors.InvalidArgument(
+            f"layer {layer.digest} has media type {layer.media_type!r}, which is neither a tar "
+            f"archive nor titled ({TITLE}); the volume cannot show it"
+        )
+    else:
+        top = _title_path(title, layer)
+        if layer.media_type == OCI_TAR_GZIP and source is not None:  # rule 3: oras-python directory
+            archive = _read(tree, state_dir, source, layer)
+            if all(_under(top, _normalise(member.name), member) for member in archive.members):
+                _unpack(tree, layer, archive, whiteouts=False)
+                return
+        # rule 4: ORAS file push, the blob itself is the file
+        tree.count(layer)
+        blob = blob_path(layer.digest)
+        tree.put(Entry(path=top, kind=Kind.FILE, mode=0o644, size=layer.size, source=blob), layer)
+
+
+def _is_klaus(media_type: str) -> bool:
+    return media_type.startswith(KLAUS_PREFIX) and media_type.endswith(KLAUS_SUFFIX)
+
+
+def _normalise(name: str) -> str | None:
+    """``name`` as a tree path (``./a//b/`` → ``a/b``, ``.`` → the root ``""``); None if unsafe.
+
+    Unsafe means it could land outside the tree or cannot be a file name: absolute,
+    a ``..`` component, or a NUL byte.
+    """
+    if name.startswith("/") or "\0" in name:
+        return None
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+def _entry_path(name: str, layer: Layer) -> str:
+    path = _normalise(name)
+    if path is None:
+        raise _unsafe(layer, name, "is absolute, has a '..' component or a NUL byte")
+    return path
+
+
+def _title_path(title: str, layer: Layer) -> str:
+    path = _normalise(title)
+    if not path:
+        raise errors.InvalidArgument(
+            f"layer {layer.digest} has the title {title!r}, which is not a relative path inside "
+            "the volume; the artifact is unsafe and was refused"
+        )
+    return path
+
+
+def _under(top: str, path: str | None, member: tarfile.TarInfo) -> bool:
+    """Whether an entry lies under ``<top>/`` (``top`` itself may be its directory)."""
+    if path is None:
+        return False
+    return path.startswith(top + "/") or (path == top and member.isdir())
+
+
+def _unsafe(layer: Layer, name: str, why: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        f"layer {layer.digest}: entry {name!r} {why}; the artifact is unsafe and was refused"
+    )
+
+
+def _read(tree: _Tree, state_dir: Path, source: str, layer: Layer) -> _Archive:
+    """The headers of a layer tar; data is skipped by seeking, never read.
+
+    Every header counts against --max-entries as it is read, so a tar of millions
+    of tiny headers is refused before it fills memory.
+    """
+    path = state_dir / source
+    members = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                tree.count(layer)
+                members.append(member)
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise errors.InvalidArgument(
+            f"layer {layer.digest} ({layer.media_type}) is not a readable tar archive: {exc}"
+        ) from exc
+    return _Archive(source=source, size=path.stat().st_size, members=members)
+
+
+def _unpack(tree: _Tree, layer: Layer, archive: _Archive, whiteouts: bool) -> None:
+    """Lay a tar's entries over the tree, later entries overriding earlier ones.
+
+    Whiteouts are applied first, against the tree as earlier layers left it: an OCI
+    whiteout hides only lower layers' content, never an entry of its own layer,
+    whatever the order inside the tar.
+    """
+    items = [(_entry_path(member.name, layer), member) for member in archive.members]
+    if whiteouts:
+        for path, member in items:
+            _whiteout(tree, layer, path, member)
+    for path, member in items:
+        if whiteouts and path.rpartition("/")[2].startswith(_WHITEOUT):
+            continue
+        entry = _entry(tree, layer, archive, path, member)
+        if entry is not None:
+            tree.put(entry, layer)
+
+
+def _whiteout(tree: _Tree, layer: Layer, path: str, member: tarfile.TarInfo) -> None:
+    parent, _, base = path.rpartition("/")
+    if base == _OPAQUE:
+        tree.clear(parent)
+    elif base.startswith(_WHITEOUT):
+        name = base.removeprefix(_WHITEOUT)
+        if name in ("", ".", ".."):
+            raise _unsafe(layer, member.name, "is a whiteout that escapes its directory")
+        tree.remove(f"{parent}/{name}" if parent else name)
+
+
+def _entry(
+    tree: _Tree, layer: Layer, archive: _Archive, path: str, member: tarfile.TarInfo
+) -> Entry | None:
+    """The tree entry for one tar member; None for what a volume never shows (devices, FIFOs)."""
+    stored = Entry(
+        path=path, kind=Kind.DIR, mode=member.mode & _KEPT_MODE, uid=member.uid, gid=member.gid,
+        mtime=int(member.mtime),
+    )
+    if member.isdir():
+        return stored
+    if member.issym():
+        if not member.linkname or "\0" in member.linkname:
+            raise _unsafe(layer, member.name, "is a symlink with an empty target or a NUL byte")
+        return replace(stored, kind=Kind.SYMLINK, link=member.linkname)
+    if member.islnk():
+        target = _normalise(member.linkname)
+        node = tree.nodes.get(target) if target is not None else None
+        if node is None or node.kind is not Kind.FILE:
+            why = f"is a hardlink to {member.linkname!r}, not to a regular file earlier in the tree"
+            raise _unsafe(layer, member.name, why)
+        return replace(node, path=path)
+    if member.isreg():
+        if member.issparse():
+            raise errors.InvalidArgument(
+                f"layer {layer.digest}: entry {member.name!r} is a sparse file, which the volume "
+                "cannot show; rebuild the artifact without sparse files"
+            )
+        if member.offset_data + member.size > archive.size:
+            raise errors.InvalidArgument(
+                f"layer {layer.digest}: entry {member.name!r} runs past the end of the archive"
+            )
+        return replace(
+            stored, kind=Kind.FILE, size=member.size, source=archive.source,
+            offset=member.offset_data,
+        )
+    return None
+
+
+class _Tree:
+    """The tree being built: nodes by path, plus each directory's children, so that
+    overriding or whiting out a directory drops its subtree without a scan."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.nodes: dict[str, Entry] = {"": ROOT}
+        self.children: dict[str, set[str]] = {"": set()}
+        self.entries = 0
+        self.unpacked = 0
+
+    def count(self, layer: Layer) -> None:
+        """Count one entry (a tar header, an implicit directory or an ORAS file)."""
+        self.entries += 1
+        if self.entries > self.limits.max_entries:
+            raise errors.ResourceExhausted(
+                f"layer {layer.digest}: the artifact has more than {self.limits.max_entries} "
+                "entries, the --max-entries limit; raise --max-entries to allow it"
+            )
+
+    def put(self, entry: Entry, layer: Layer) -> None:
+        """Add ``entry`` in place of whatever the path held.
+
+        A directory over a directory only updates its metadata and keeps the
+        children, as extracting one layer over another would.
+        """
+        if not entry.path:
+            if entry.kind is not Kind.DIR:
+                raise _unsafe(layer, ".", "would replace the volume root with a non-directory")
+            self.nodes[""] = entry
+            return
+        parent = self._parents(entry.path, layer)
+        old = self.nodes.get(entry.path)
+        if old is not None and not (old.kind is Kind.DIR and entry.kind is Kind.DIR):
+            self.remove(entry.path)
+        self.nodes[entry.path] = entry
+        self.children[parent].add(entry.path)
+        if entry.kind is Kind.DIR:
+            self.children.setdefault(entry.path, set())
+        if entry.kind is Kind.FILE:
+            self.unpacked += entry.size
+            if self.unpacked > self.limits.max_unpacked_bytes:
+                raise errors.ResourceExhausted(
+                    f"layer {layer.digest}: the artifact unpacks to more than "
+                    f"{self.limits.max_unpacked_bytes} bytes, the --max-unpacked-bytes limit; "
+                    "raise --max-unpacked-bytes to allow it"
+                )
+
+    def _parents(self, path: str, layer: Layer) -> str:
+        """Make sure every ancestor of ``path`` is a directory; return its parent.
+
+        Missing ones appear as 0755 root-owned directories; an ancestor that is a
+        symlink is refused, since an entry below it would be written through it.
+        """
+        parent = ""
+        for part in path.split("/")[:-1]:
+            child = f"{parent}/{part}" if parent else part
+            node = self.nodes.get(child)
+            if node is None:
+                self.count(layer)
+                self.nodes[child] = Entry(path=child, kind=Kind.DIR, mode=0o755)
+                self.children[child] = set()
+                self.children[parent].add(child)
+            elif node.kind is Kind.SYMLINK:
+                raise _unsafe(layer, path, f"would be written through the symlink {child!r}")
+            elif node.kind is Kind.FILE:
+                raise errors.InvalidArgument(
+                    f"layer {layer.digest}: entry {path!r} lies below {child!r}, which is a file"
+                )
+            parent = child
+        return parent
+
+    def remove(self, path: str) -> None:
+        """Drop ``path`` and everything below it, if present."""
+        if path not in self.nodes:
+            return
+        self.children[path.rpartition("/")[0]].discard(path)
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            del self.nodes[current]
+            stack.extend(self.children.pop(current, ()))
+
+    def clear(self, path: str) -> None:
+        """Drop everything below the directory ``path`` (an opaque whiteout)."""
+        for child in list(self.children.get(path, ())):
+            self.remove(child)
+
+    def sorted_entries(self) -> list[Entry]:
+        """All entries depth-first: each directory right before its contents."""
+        return sorted(self.nodes.values(), key=depth_first)
+
+
+def depth_first(entry: Entry) -> list[str]:
+    """Sort key: comparing path components puts each directory right before its contents."""
+    return entry.path.split("/") if entry.path else []

@@ -1,0 +1,456 @@
+"""layout.build_tree: DESIGN.md's placement rules and archive safety rules, on real tars
+laid out in a temp dir the way the content store keeps them."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from csi_driver import errors
+from csi_driver.layout import (
+    OCI_TAR_GZIP,
+    TITLE,
+    UNPACK,
+    Layer,
+    Limits,
+    blob_path,
+    build_tree,
+    compression,
+    may_unpack,
+    tar_path,
+)
+from csi_driver.tree import Entry, Kind
+
+OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
+KLAUS = "application/vnd.giantswarm.klaus-plugin.content.v1.tar+gzip"
+Member = tuple[tarfile.TarInfo, bytes]
+
+
+def file(name: str, data: bytes = b"", mode: int = 0o644, **meta: int) -> Member:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    for key, value in meta.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def directory(name: str, mode: int = 0o755, **meta: int) -> Member:
+    info, _ = file(name, mode=mode, **meta)
+    info.type = tarfile.DIRTYPE
+    return info, b""
+
+
+def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> Member:
+    info, _ = file(name, mode=0o777)
+    info.type, info.linkname = kind, target
+    return info, b""
+
+
+def hardlink(name: str, target: str) -> Member:
+    return link(name, target, tarfile.LNKTYPE)
+
+
+def special(name: str, kind: bytes) -> Member:
+    info, _ = file(name)
+    info.type = kind
+    return info, b""
+
+
+def tar_bytes(members: list[Member], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def put_blob(state: Path, data: bytes, media_type: str, title: str | None = None,
+             **annotations: str) -> Layer:
+    """Store ``data`` as a verified blob (and its decoded tar, for a compressed layer)."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    layer = Layer(digest=digest, media_type=media_type, size=len(data),
+                  annotations={**annotations, **({TITLE: title} if title is not None else {})})
+    (state / blob_path(digest)).parent.mkdir(parents=True, exist_ok=True)
+    (state / blob_path(digest)).write_bytes(data)
+    return layer
+
+
+def put_tar(state: Path, members: list[Member], media_type: str = KLAUS,
+            title: str | None = None, fmt: int = tarfile.PAX_FORMAT, **annotations: str) -> Layer:
+    raw = tar_bytes(members, fmt)
+    codec = compression(media_type)
+    blob = {"": raw, "gzip": gzip.compress(raw), "zstd": zstandard.compress(raw)}.get(codec, raw)
+    layer = put_blob(state, blob, media_type, title, **annotations)
+    decoded = state / tar_path(layer)
+    decoded.parent.mkdir(parents=True, exist_ok=True)
+    decoded.write_bytes(raw)
+    return layer
+
+
+def tree(state: Path, *layers: Layer, limits: Limits = Limits()) -> dict[str, Entry]:
+    entries = build_tree(state, layers, limits)
+    return {entry.path: entry for entry in entries}
+
+
+def content(state: Path, entry: Entry) -> bytes:
+    with open(state / entry.source, "rb") as f:
+        f.seek(entry.offset)
+        return f.read(entry.size)
+
+
+def refused(state: Path, *layers: Layer) -> str:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        build_tree(state, layers, Limits())
+    return caught.value.message
+
+
+@pytest.mark.parametrize(("media_type", "codec"), [
+    (OCI_TAR, ""),
+    ("application/x-tar", ""),
+    (OCI_TAR_GZIP, "gzip"),
+    ("application/vnd.oci.image.layer.v1.tar+zstd", "zstd"),
+    ("application/vnd.docker.image.rootfs.diff.tar.gzip", "gzip"),
+    ("application/vnd.oci.image.layer.nondistributable.v1.tar", ""),
+    ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "gzip"),
+    ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", "zstd"),
+    (KLAUS, "gzip"),
+    ("application/vnd.giantswarm.klaus-skill.content.v1.tar+gzip", "gzip"),
+    ("application/vnd.oci.image.config.v1+json", None),
+    ("application/vnd.example.guitar", None),
+    ("text/plain", None),
+])
+def test_compression_knows_the_tar_family(media_type: str, codec: str | None) -> None:
+    assert compression(media_type) == codec
+
+
+def test_tar_path_is_the_decoded_tar_or_the_blob_itself(tmp_path: Path) -> None:
+    hex_ = "ab" * 32
+    gz = Layer(f"sha256:{hex_}", OCI_TAR_GZIP, {}, 1)
+    assert tar_path(gz) == f"layers/sha256/{hex_}.tar"
+    assert tar_path(Layer(f"sha256:{hex_}", OCI_TAR, {}, 1)) == f"blobs/sha256/{hex_}"
+    assert tar_path(Layer(f"sha256:{hex_}", "text/plain", {}, 1)) is None
+
+
+@pytest.mark.parametrize(("media_type", "annotations", "unpacks"), [
+    (KLAUS, {TITLE: "plugin.tar.gz"}, True),
+    (OCI_TAR, {}, True),
+    (OCI_TAR_GZIP, {TITLE: "dir"}, True),  # rule 3 must look inside
+    ("application/vnd.example.tar+gzip", {TITLE: "dir", UNPACK: "true"}, True),
+    (OCI_TAR, {TITLE: "notes.txt"}, False),  # ORAS file push: the blob is the file
+    ("application/vnd.example.bundle.tar+gzip", {TITLE: "bundle.tgz"}, False),
+    ("text/plain", {}, False),
+])
+def test_may_unpack_tells_the_store_which_layers_to_decode(
+    media_type: str, annotations: dict[str, str], unpacks: bool
+) -> None:
+    assert may_unpack(Layer("sha256:" + "0" * 64, media_type, annotations, 1)) is unpacks
+
+
+@pytest.mark.parametrize("prefix", ["", "./"])
+@pytest.mark.parametrize("title", [None, "gs-base.tar.gz"])
+def test_klaus_plugin_layer_mounts_at_root(tmp_path: Path, prefix: str, title: str | None) -> None:
+    members = [directory(prefix + ".claude-plugin"),
+               file(prefix + ".claude-plugin/plugin.json", b'{"name": "gs-base"}'),
+               file(prefix + "skills/debug/SKILL.md", b"# debug\n")]
+    if prefix:
+        members.insert(0, directory("./", mode=0o750, uid=7))
+    got = tree(tmp_path, put_tar(tmp_path, members, title=title))
+    assert list(got) == ["", ".claude-plugin", ".claude-plugin/plugin.json", "skills",
+                         "skills/debug", "skills/debug/SKILL.md"]
+    assert content(tmp_path, got[".claude-plugin/plugin.json"]) == b'{"name": "gs-base"}'
+    assert content(tmp_path, got["skills/debug/SKILL.md"]) == b"# debug\n"
+    root = (got[""].mode, got[""].uid)
+    assert root == ((0o750, 7) if prefix else (0o755, 0))
+
+
+def test_files_modes_symlinks_and_dirs_are_exact(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [
+        directory("bin", mode=0o750, uid=10, gid=20, mtime=1700000000),
+        file("bin/tool", b"#!/bin/sh\necho hi\n", mode=0o755, uid=1000, gid=1001, mtime=1234567890),
+        file("etc/secret", b"s3cret", mode=0o400),
+        directory("tmp", mode=0o1777),
+        link("lib", "usr/lib"),
+        link("bin/sh", "/bin/busybox"),
+        file("empty"),
+    ], media_type=OCI_TAR)
+    got = tree(tmp_path, layer)
+    assert got["bin"] == Entry("bin", Kind.DIR, 0o750, uid=10, gid=20, mtime=1700000000)
+    tool = got["bin/tool"]
+    assert (tool.kind, tool.mode, tool.uid, tool.gid, tool.mtime, tool.size) == (
+        Kind.FILE, 0o755, 1000, 1001, 1234567890, 18)
+    assert tool.source == blob_path(layer.digest)
+    assert content(tmp_path, tool) == b"#!/bin/sh\necho hi\n"
+    assert got["etc"] == Entry("etc", Kind.DIR, 0o755)  # implicit
+    assert got["etc/secret"].mode == 0o400
+    assert got["tmp"].mode == 0o1777
+    assert (got["lib"].kind, got["lib"].link) == (Kind.SYMLINK, "usr/lib")
+    assert got["bin/sh"].link == "/bin/busybox"  # absolute targets kept as stored
+    assert (got["empty"].size, content(tmp_path, got["empty"])) == (0, b"")
+
+
+def test_setuid_and_setgid_bits_are_dropped(tmp_path: Path) -> None:
+    got = tree(tmp_path, put_tar(tmp_path, [
+        file("su", b"x", mode=0o4755), file("sg", b"x", mode=0o2711),
+        directory("d", mode=0o7777)]))
+    assert (got["su"].mode, got["sg"].mode, got["d"].mode) == (0o755, 0o711, 0o1777)
+
+
+def test_devices_and_fifos_are_skipped(tmp_path: Path) -> None:
+    got = tree(tmp_path, put_tar(tmp_path, [
+        directory("dev"), special("dev/null", tarfile.CHRTYPE), special("dev/sda", tarfile.BLKTYPE),
+        special("fifo", tarfile.FIFOTYPE), file("kept", b"k")]))
+    assert list(got) == ["", "dev", "kept"]
+
+
+def test_hardlink_within_tree_shares_the_targets_bytes(tmp_path: Path) -> None:
+    got = tree(tmp_path, put_tar(tmp_path, [
+        file("usr/bin/python3.11", b"ELF", mode=0o755, uid=3), hardlink("usr/bin/python3", "usr/bin/python3.11"),
+        hardlink("./py", "./usr/bin/python3.11")]))
+    original = got["usr/bin/python3.11"]
+    for path in ("usr/bin/python3", "py"):
+        linked = got[path]
+        assert linked.kind is Kind.FILE
+        assert (linked.source, linked.offset, linked.size, linked.mode, linked.uid) == (
+            original.source, original.offset, original.size, 0o755, 3)
+
+
+def test_gnu_and_pax_long_names_work(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 60] * 5) + "/file.txt"
+    target = "t" * 150
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        got = tree(tmp_path, put_tar(tmp_path, [file(deep, b"long"), link("l", target)], fmt=fmt))
+        assert content(tmp_path, got[deep]) == b"long"
+        assert got["l"].link == target
+
+
+def test_zstd_layer_is_read_from_its_decoded_tar(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("z", b"zstd!")],
+                    media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+    got = tree(tmp_path, layer)
+    assert got["z"].source == tar_path(layer)
+    assert content(tmp_path, got["z"]) == b"zstd!"
+
+
+def test_entries_come_sorted_directory_before_contents(tmp_path: Path) -> None:
+    entries = build_tree(tmp_path, [put_tar(tmp_path, [
+        file("b/z"), file("a-b"), file("a/b/c"), file("a/a"), directory("a")])], Limits())
+    assert [entry.path for entry in entries] == ["", "a", "a/a", "a/b", "a/b/c", "a-b", "b", "b/z"]
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "a/../b"])
+def test_hostile_entry_names_are_refused(tmp_path: Path, name: str) -> None:
+    layer = put_tar(tmp_path, [file("ok"), file(name, b"evil")])
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and repr(name) in message and "unsafe" in message
+
+
+def test_writing_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [link("link", "/etc"), file("link/passwd", b"root::0:0")])
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and "link/passwd" in message and "unsafe" in message
+
+
+def test_writing_through_a_symlink_of_an_earlier_layer_is_refused(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [link("etc", "/etc")], media_type=OCI_TAR)
+    second = put_tar(tmp_path, [directory("etc/cron.d")], media_type=OCI_TAR)
+    assert second.digest in refused(tmp_path, first, second)
+
+
+@pytest.mark.parametrize("target", ["../etc/passwd", "/etc/passwd", "missing", "link/passwd", "dir"])
+def test_hardlink_outside_the_tree_is_refused(tmp_path: Path, target: str) -> None:
+    layer = put_tar(tmp_path, [link("link", "/etc"), directory("dir"), hardlink("h", target)])
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and "'h'" in message and "unsafe" in message
+
+
+def test_whiteout_removes_earlier_layers_entries(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [file("a/x", b"1"), file("a/y", b"2"), file("b/deep/z")])
+    second = put_tar(tmp_path, [file("a/.wh.x"), file(".wh.b"), file("c")])
+    assert list(tree(tmp_path, first, second)) == ["", "a", "a/y", "c"]
+
+
+def test_whiteout_does_not_hide_its_own_layers_entry(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [file("x", b"old")])
+    second = put_tar(tmp_path, [file("x", b"new"), file(".wh.x")])
+    assert content(tmp_path, tree(tmp_path, first, second)["x"]) == b"new"
+
+
+def test_opaque_whiteout_empties_a_directory_of_earlier_layers(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [file("d/old"), file("d/sub/deep"), file("keep")])
+    second = put_tar(tmp_path, [directory("d", mode=0o700), file("d/sub/new"),
+                                file("d/.wh..wh..opq"), file("d/later")])
+    got = tree(tmp_path, first, second)
+    assert list(got) == ["", "d", "d/later", "d/sub", "d/sub/new", "keep"]
+    assert got["d"].mode == 0o700
+
+
+@pytest.mark.parametrize("name", ["a/.wh...", "a/.wh..", ".wh."])
+def test_whiteout_escaping_its_directory_is_refused(tmp_path: Path, name: str) -> None:
+    first = put_tar(tmp_path, [file("a/x"), file("y")])
+    second = put_tar(tmp_path, [file(name)])
+    assert second.digest in refused(tmp_path, first, second)
+
+
+def test_file_over_dir_drops_the_dirs_subtree(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [file("d/x"), file("d/e/y")])
+    second = put_tar(tmp_path, [file("d", b"now a file")])
+    got = tree(tmp_path, first, second)
+    assert list(got) == ["", "d"] and got["d"].kind is Kind.FILE
+
+
+def test_dir_over_file_replaces_it(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [file("d", b"file")])
+    second = put_tar(tmp_path, [directory("d", mode=0o711), file("d/x")])
+    got = tree(tmp_path, first, second)
+    assert (got["d"].kind, got["d"].mode) == (Kind.DIR, 0o711) and "d/x" in got
+
+
+def test_symlink_over_dir_drops_the_dirs_subtree(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [file("lib/x")])
+    second = put_tar(tmp_path, [link("lib", "usr/lib")])
+    got = tree(tmp_path, first, second)
+    assert list(got) == ["", "lib"] and got["lib"].kind is Kind.SYMLINK
+
+
+def test_dir_over_dir_updates_metadata_and_keeps_children(tmp_path: Path) -> None:
+    first = put_tar(tmp_path, [directory("d", mode=0o755), file("d/x")])
+    second = put_tar(tmp_path, [directory("d", mode=0o700, uid=5, mtime=99)])
+    got = tree(tmp_path, first, second)
+    assert got["d"] == Entry("d", Kind.DIR, 0o700, uid=5, mtime=99) and "d/x" in got
+
+
+def test_entry_below_a_file_is_refused(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("f"), file("f/x")])
+    assert "'f/x'" in refused(tmp_path, layer)
+
+
+@pytest.mark.parametrize("media_type", [OCI_TAR, "application/vnd.example.bundle.tar+gzip",
+                                        "application/octet-stream"])
+def test_oras_file_push_places_the_blob_as_a_file(tmp_path: Path, media_type: str) -> None:
+    data = gzip.compress(tar_bytes([file("inner")]))  # even a tarball is just a file here
+    layer = put_blob(tmp_path, data, media_type, title="docs/bundle.tar.gz")
+    got = tree(tmp_path, layer)
+    assert got["docs"] == Entry("docs", Kind.DIR, 0o755)
+    assert got["docs/bundle.tar.gz"] == Entry(
+        "docs/bundle.tar.gz", Kind.FILE, 0o644, size=len(data), source=blob_path(layer.digest))
+    assert content(tmp_path, got["docs/bundle.tar.gz"]) == data
+
+
+def test_oras_directory_push_unpacks_under_its_title(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [directory("skill"), file("skill/SKILL.md", b"# s"),
+                               file("skill/.wh.kept", b"literal")],
+                    media_type=OCI_TAR_GZIP, title="skill", **{UNPACK: "true"})
+    got = tree(tmp_path, layer)
+    assert list(got) == ["", "skill", "skill/.wh.kept", "skill/SKILL.md"]
+    assert content(tmp_path, got["skill/SKILL.md"]) == b"# s"
+
+
+def test_oras_directory_push_with_an_entry_elsewhere_is_refused(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("skill/SKILL.md"), file("elsewhere")],
+                    media_type=OCI_TAR_GZIP, title="skill", **{UNPACK: "true"})
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and "'elsewhere'" in message
+
+
+def test_oras_directory_push_of_a_non_tar_is_refused(tmp_path: Path) -> None:
+    layer = put_blob(tmp_path, b"{}", "application/json", title="skill", **{UNPACK: "true"})
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and "application/json" in message
+
+
+def test_oras_python_directory_push_unpacks_under_its_title(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [directory("my-skill"), file("my-skill/a/b.txt", b"b")],
+                    media_type=OCI_TAR_GZIP, title="my-skill")
+    assert list(tree(tmp_path, layer)) == ["", "my-skill", "my-skill/a", "my-skill/a/b.txt"]
+
+
+def test_titled_tar_gzip_with_entries_elsewhere_falls_through_to_a_file(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("README"), file("../escape")],
+                    media_type=OCI_TAR_GZIP, title="release.tar.gz")
+    got = tree(tmp_path, layer)
+    assert list(got) == ["", "release.tar.gz"]
+    assert got["release.tar.gz"].source == blob_path(layer.digest)
+    assert got["release.tar.gz"].size == layer.size
+
+
+@pytest.mark.parametrize("title", ["../x", "/etc/passwd", ".", "a\0b"])
+def test_unsafe_title_is_refused(tmp_path: Path, title: str) -> None:
+    layer = put_blob(tmp_path, b"x", "text/plain", title=title)
+    assert layer.digest in refused(tmp_path, layer)
+
+
+def test_unknown_media_type_is_refused_naming_digest_and_media_type(tmp_path: Path) -> None:
+    layer = put_blob(tmp_path, b"{}", "application/vnd.example.thing.v1+json")
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and "application/vnd.example.thing.v1+json" in message
+
+
+def test_a_tar_that_does_not_parse_is_refused(tmp_path: Path) -> None:
+    layer = put_blob(tmp_path, b"not a tar at all" * 100, OCI_TAR)
+    assert layer.digest in refused(tmp_path, layer)
+
+
+def test_a_file_running_past_the_end_of_the_tar_is_refused(tmp_path: Path) -> None:
+    raw = tar_bytes([file("big", b"x" * 5000)])
+    layer = put_blob(tmp_path, raw[:2048], OCI_TAR)
+    assert layer.digest in refused(tmp_path, layer)
+
+
+def test_more_entries_than_the_limit_are_refused(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file(f"f{i}") for i in range(10)])
+    assert len(build_tree(tmp_path, [layer], Limits(max_entries=10))) == 11
+    with pytest.raises(errors.ResourceExhausted, match="--max-entries"):
+        build_tree(tmp_path, [layer], Limits(max_entries=9))
+
+
+def test_implicit_directories_count_as_entries(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("a/b/c/d/e")])
+    with pytest.raises(errors.ResourceExhausted, match="--max-entries"):
+        build_tree(tmp_path, [layer], Limits(max_entries=4))
+
+
+def test_more_unpacked_bytes_than_the_limit_are_refused(tmp_path: Path) -> None:
+    tar_layer = put_tar(tmp_path, [file("a", b"x" * 600), hardlink("b", "a")])
+    oras_file = put_blob(tmp_path, b"y" * 100, "text/plain", title="notes.txt")
+    assert tree(tmp_path, tar_layer, oras_file, limits=Limits(max_unpacked_bytes=1300))
+    with pytest.raises(errors.ResourceExhausted, match="--max-unpacked-bytes"):
+        build_tree(tmp_path, [tar_layer], Limits(max_unpacked_bytes=1199))  # hardlinks count
+    with pytest.raises(errors.ResourceExhausted, match="--max-unpacked-bytes"):
+        build_tree(tmp_path, [tar_layer, oras_file], Limits(max_unpacked_bytes=1299))
+
+
+# A property check over random two-layer archives from a small alphabet of names:
+# whatever the mix, the result is a well-formed tree, or a refusal.
+_names = st.builds(
+    lambda dirs, base: "/".join([*dirs, base]),
+    st.lists(st.sampled_from(["a", "b"]), max_size=2),
+    st.sampled_from(["a", "b", ".wh.a", ".wh.b", ".wh..wh..opq"]),
+)
+_members = st.lists(st.tuples(st.sampled_from(["file", "dir", "link"]), _names), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layers=st.lists(_members, min_size=1, max_size=2))
+def test_any_mix_of_entries_gives_a_well_formed_tree(tmp_path: Path,
+                                                     layers: list[list[tuple[str, str]]]) -> None:
+    make = {"file": file, "dir": directory, "link": lambda name: link(name, "a")}
+    stored = [put_tar(tmp_path, [make[kind](name) for kind, name in members]) for members in layers]
+    try:
+        entries = build_tree(tmp_path, stored, Limits())
+    except errors.InvalidArgument:
+        return
+    kinds = {entry.path: entry.kind for entry in entries}
+    assert entries[0].path == ""
+    for index, entry in enumerate(entries[1:], start=1):
+        parent = entry.path.rpartition("/")[0]
+        assert kinds.get(parent) is Kind.DIR
+        assert [e.path for e in entries[:index]].count(parent) == 1
+        assert ".wh." not in entry.path

@@ -1,0 +1,144 @@
+"""The content store: verification before naming, inflating in one pass, single flight."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from csi_driver import errors
+from csi_driver.store import Store, blob_relpath, decoded_relpath
+from csi_driver.tree import Entry, Kind
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def chunks(data: bytes, size: int = 7) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def a_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    return buf.getvalue()
+
+
+def leftovers(store: Store) -> list[Path]:
+    return list((store.root / "tmp").iterdir())
+
+
+def test_verified_blob_is_stored_under_its_digest(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    data = b"some manifest bytes"
+    store.put_blob(digest_of(data), chunks(data), expected_size=len(data))
+    assert store.read_blob(digest_of(data)) == data
+    assert leftovers(store) == []
+
+
+def test_wrong_digest_is_data_loss_and_nothing_is_named(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    claimed = digest_of(b"what the manifest promised")
+    with pytest.raises(errors.DataLoss, match="does not match its digest"):
+        store.put_blob(claimed, [b"what the registry sent!!!!"], expected_size=26)
+    assert not store.has_blob(claimed)
+    assert leftovers(store) == []
+
+
+def test_more_bytes_than_declared_is_data_loss(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    data = b"0123456789"
+    with pytest.raises(errors.DataLoss, match="more than the 5 bytes"):
+        store.put_blob(digest_of(data), chunks(data), expected_size=5)
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_compressed_layer_is_inflated_in_the_same_pass(tmp_path: Path, compression: str) -> None:
+    store = Store(tmp_path)
+    tar = a_tar()
+    blob = gzip.compress(tar) if compression == "gzip" else zstandard.ZstdCompressor().compress(tar)
+    store.put_blob(digest_of(blob), chunks(blob, 100), expected_size=len(blob), compression=compression)
+    assert (tmp_path / blob_relpath(digest_of(blob))).read_bytes() == blob
+    assert (tmp_path / decoded_relpath(digest_of(blob))).read_bytes() == tar
+
+
+def test_concatenated_gzip_members_inflate_whole(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    tar = a_tar()
+    blob = gzip.compress(tar[:700]) + gzip.compress(tar[700:])
+    store.put_blob(digest_of(blob), [blob], expected_size=len(blob), compression="gzip")
+    assert (tmp_path / decoded_relpath(digest_of(blob))).read_bytes() == tar
+
+
+def test_gzip_bomb_stops_at_the_unpacked_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    blob = gzip.compress(b"\0" * (4 << 20))
+    with pytest.raises(errors.ResourceExhausted, match="--max-unpacked-bytes"):
+        store.put_blob(digest_of(blob), chunks(blob, 4096), len(blob), compression="gzip", max_decoded_bytes=1 << 20)
+    assert leftovers(store) == []
+    assert not store.has_blob(digest_of(blob))
+
+
+def test_corrupt_gzip_is_invalid_argument(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    blob = b"definitely not gzip"
+    with pytest.raises(errors.InvalidArgument, match="not valid gzip"):
+        store.put_blob(digest_of(blob), [blob], expected_size=len(blob), compression="gzip")
+    assert leftovers(store) == []
+
+
+def test_tree_is_complete_only_once_committed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    digest = digest_of(b"manifest")
+    assert not store.committed(digest)
+    entries = [
+        Entry("", Kind.DIR, 0o755),
+        Entry("a", Kind.DIR, 0o700, uid=1000),
+        Entry("a/f", Kind.FILE, 0o644, size=5, source="layers/sha256/x.tar", offset=512),
+        Entry("a/l", Kind.SYMLINK, 0o777, link="/etc/hostname"),
+    ]
+    store.commit_tree(digest, entries)
+    assert store.committed(digest)
+    assert store.load_tree(digest) == entries
+    assert store.committed_digests() == [digest]
+
+
+def test_resolutions_remember_reference_and_platform(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.record_resolution("r.example/a:v1", "linux/amd64", "sha256:" + "1" * 64)
+    assert store.resolution("r.example/a:v1", "linux/amd64") == "sha256:" + "1" * 64
+    assert store.resolution("r.example/a:v1", "linux/arm64") is None
+
+
+def test_single_flight_serialises_one_digest_not_others(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    inside: list[str] = []
+    overlap = threading.Event()
+
+    def work(digest: str) -> None:
+        with store.single_flight(digest):
+            inside.append(digest)
+            if len(inside) > 1 and inside[-2] != digest:
+                overlap.set()
+            time.sleep(0.05)
+            inside.remove(digest)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in ("sha256:a", "sha256:a", "sha256:b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap.is_set()
+    assert store._flights == {}
