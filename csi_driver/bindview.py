@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from csi_driver import errors
-from csi_driver.layout import depth_first, digest_hex
+from csi_driver.layout import depth_first
+from csi_driver.store import digest_hex
 from csi_driver.tree import ROOT, Entry, Kind
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,8 +61,6 @@ def _build_and_rename(state_dir: Path, final: Path, entries: Sequence[Entry]) ->
     temp = Path(tempfile.mkdtemp(prefix=f"tree-{final.name}-", dir=temp_root))
     try:
         _Builder(state_dir, temp).build(entries)
-        # Make the bytes durable before the rename makes the tree look complete.
-        os.sync()
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(temp, final)
     except BaseException as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from csi_driver import errors
+from csi_driver.store import blob_relpath, decoded_relpath
 from csi_driver.tree import ROOT, Entry, Kind
 
 TITLE = "org.opencontainers.image.title"
@@ -29,7 +30,6 @@ KLAUS_SUFFIX = ".content.v1.tar+gzip"
 # does not.
 _TAR_ENDINGS = (("tar+gzip", "gzip"), ("tar.gzip", "gzip"), ("tar+zstd", "zstd"), ("tar", ""))
 _SEPARATORS = ("/", ".", "-", "+")
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 # Permission and sticky bits survive; setuid/setgid never reach a volume.
 _KEPT_MODE = 0o1777
 _WHITEOUT = ".wh."
@@ -76,21 +76,6 @@ def compression(media_type: str) -> str | None:
     return None
 
 
-def digest_hex(digest: str) -> str:
-    """The hex part of a sha256 digest; anything else could name a path outside the store."""
-    match = _DIGEST.fullmatch(digest)
-    if match is None:
-        raise errors.InvalidArgument(
-            f"unsupported digest {digest!r}: only sha256:<64 lowercase hex digits> is supported"
-        )
-    return match.group(1)
-
-
-def blob_path(digest: str) -> str:
-    """Where the store keeps a verified blob, relative to the state dir."""
-    return f"blobs/sha256/{digest_hex(digest)}"
-
-
 def tar_path(layer: Layer) -> str | None:
     """Where a tar-family layer's uncompressed tar lives, relative to the state dir.
 
@@ -100,8 +85,8 @@ def tar_path(layer: Layer) -> str | None:
     if codec is None:
         return None
     if codec == "":
-        return blob_path(layer.digest)
-    return f"layers/sha256/{digest_hex(layer.digest)}.tar"
+        return blob_relpath(layer.digest)
+    return decoded_relpath(layer.digest)
 
 
 def may_unpack(layer: Layer) -> bool:
@@ -170,7 +155,7 @@ def _place(tree: _Tree, state_dir: Path, layer: Layer) -> None:
                 return
         # rule 4: ORAS file push, the blob itself is the file
         tree.count(layer)
-        blob = blob_path(layer.digest)
+        blob = blob_relpath(layer.digest)
         tree.put(Entry(path=top, kind=Kind.FILE, mode=0o644, size=layer.size, source=blob), layer)
 
 

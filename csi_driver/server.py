@@ -57,6 +57,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return inner(request, context)
             except errors.DriverError as exc:
                 code, message = exc.code, exc.message
+            except NotImplementedError:  # grpc's default servicer methods raise it
+                code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this driver"
             except Exception:  # noqa: BLE001 - the one place that must catch everything
                 log.exception("%s failed unexpectedly", method)
                 code, message = grpc.StatusCode.INTERNAL, f"{method}: internal driver error; see the driver's log"

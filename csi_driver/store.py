@@ -37,6 +37,7 @@ from pathlib import Path
 import zstandard
 
 from . import errors
+from .reference import valid_digest
 from .tree import Entry, Kind
 
 SCHEMA = """
@@ -79,22 +80,21 @@ CREATE TABLE IF NOT EXISTS resolutions (
 CHUNK = 1 << 20
 
 
-def split_digest(digest: str) -> tuple[str, str]:
-    """Return (algorithm, hex) of a digest we can verify; only sha256 is accepted."""
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise errors.InvalidArgument(f"unsupported or malformed digest {digest!r}: only sha256 digests are accepted")
-    return algo, hexpart
+def digest_hex(digest: str) -> str:
+    """The hex part of a sha256 digest; anything else could name a path outside the store."""
+    if not valid_digest(digest):
+        raise errors.InvalidArgument(f"unsupported digest {digest!r}: only sha256:<64 lowercase hex digits> is supported")
+    return digest.removeprefix("sha256:")
 
 
 def blob_relpath(digest: str) -> str:
-    algo, hexpart = split_digest(digest)
-    return f"blobs/{algo}/{hexpart}"
+    """Where a verified blob lives, relative to the state dir."""
+    return f"blobs/sha256/{digest_hex(digest)}"
 
 
 def decoded_relpath(digest: str) -> str:
-    algo, hexpart = split_digest(digest)
-    return f"layers/{algo}/{hexpart}.tar"
+    """Where the inflated tar of a compressed layer lives, relative to the state dir."""
+    return f"layers/sha256/{digest_hex(digest)}.tar"
 
 
 class _Decoder:
@@ -215,7 +215,7 @@ class Store:
         same pass. ``what`` names the blob in error messages (reference and layer).
         """
         what = what or digest
-        _, hexpart = split_digest(digest)
+        hexpart = digest_hex(digest)
         tmp = self.root / "tmp"
         suffix = f"{hexpart}.{os.getpid()}.{threading.get_ident()}"
         raw_tmp = tmp / f"blob-{suffix}"

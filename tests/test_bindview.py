@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from csi_driver import errors
+from csi_driver import bindview, errors
 from csi_driver.bindview import materialize, tree_dir
-from csi_driver.layout import TITLE, Layer, Limits, blob_path, build_tree, compression, tar_path
+from csi_driver.layout import TITLE, Layer, Limits, build_tree, compression, tar_path
+from csi_driver.store import blob_relpath
 from csi_driver.tree import Entry, Kind
 
 DIGEST = "sha256:" + "5" * 64
@@ -55,8 +56,8 @@ def put_layer(state: Path, members: list[tuple[tarfile.TarInfo, bytes]], media_t
 
 def put_blob(state: Path, data: bytes, media_type: str, annotations: dict[str, str]) -> Layer:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    (state / blob_path(digest)).parent.mkdir(parents=True, exist_ok=True)
-    (state / blob_path(digest)).write_bytes(data)
+    (state / blob_relpath(digest)).parent.mkdir(parents=True, exist_ok=True)
+    (state / blob_relpath(digest)).write_bytes(data)
     return Layer(digest, media_type, annotations, len(data))
 
 
@@ -168,11 +169,14 @@ def test_losing_a_race_keeps_the_winners_tree(tmp_path: Path, monkeypatch: pytes
     entries = sample_entries(tmp_path)
     winner = tree_dir(tmp_path, DIGEST)
 
-    def other_call_finishes_first() -> None:
+    build = bindview._Builder.build
+
+    def other_call_finishes_first(self: bindview._Builder, entries: list[Entry]) -> None:
+        build(self, entries)
         winner.mkdir(parents=True)
         (winner / "marker").write_text("winner")
 
-    monkeypatch.setattr(os, "sync", other_call_finishes_first)
+    monkeypatch.setattr(bindview._Builder, "build", other_call_finishes_first)
     assert materialize(tmp_path, DIGEST, entries) == winner
     assert (winner / "marker").read_text() == "winner"
     assert os.listdir(tmp_path / "tmp") == []
@@ -226,7 +230,7 @@ def test_nothing_is_written_through_a_symlink_even_if_layout_let_one_by(tmp_path
     entries = [
         Entry("", Kind.DIR, 0o755),
         Entry("link", Kind.SYMLINK, 0o777, link=str(outside)),
-        Entry("link/x", Kind.FILE, 0o644, size=4, source=blob_path(blob.digest)),
+        Entry("link/x", Kind.FILE, 0o644, size=4, source=blob_relpath(blob.digest)),
     ]
     with pytest.raises(errors.Internal):
         materialize(state, DIGEST, entries)

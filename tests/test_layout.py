@@ -21,12 +21,12 @@ from csi_driver.layout import (
     UNPACK,
     Layer,
     Limits,
-    blob_path,
     build_tree,
     compression,
     may_unpack,
     tar_path,
 )
+from csi_driver.store import blob_relpath
 from csi_driver.tree import Entry, Kind
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -78,8 +78,8 @@ def put_blob(state: Path, data: bytes, media_type: str, title: str | None = None
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     layer = Layer(digest=digest, media_type=media_type, size=len(data),
                   annotations={**annotations, **({TITLE: title} if title is not None else {})})
-    (state / blob_path(digest)).parent.mkdir(parents=True, exist_ok=True)
-    (state / blob_path(digest)).write_bytes(data)
+    (state / blob_relpath(digest)).parent.mkdir(parents=True, exist_ok=True)
+    (state / blob_relpath(digest)).write_bytes(data)
     return layer
 
 
@@ -186,7 +186,7 @@ def test_files_modes_symlinks_and_dirs_are_exact(tmp_path: Path) -> None:
     tool = got["bin/tool"]
     assert (tool.kind, tool.mode, tool.uid, tool.gid, tool.mtime, tool.size) == (
         Kind.FILE, 0o755, 1000, 1001, 1234567890, 18)
-    assert tool.source == blob_path(layer.digest)
+    assert tool.source == blob_relpath(layer.digest)
     assert content(tmp_path, tool) == b"#!/bin/sh\necho hi\n"
     assert got["etc"] == Entry("etc", Kind.DIR, 0o755)  # implicit
     assert got["etc/secret"].mode == 0o400
@@ -340,7 +340,7 @@ def test_oras_file_push_places_the_blob_as_a_file(tmp_path: Path, media_type: st
     got = tree(tmp_path, layer)
     assert got["docs"] == Entry("docs", Kind.DIR, 0o755)
     assert got["docs/bundle.tar.gz"] == Entry(
-        "docs/bundle.tar.gz", Kind.FILE, 0o644, size=len(data), source=blob_path(layer.digest))
+        "docs/bundle.tar.gz", Kind.FILE, 0o644, size=len(data), source=blob_relpath(layer.digest))
     assert content(tmp_path, got["docs/bundle.tar.gz"]) == data
 
 
@@ -377,7 +377,7 @@ def test_titled_tar_gzip_with_entries_elsewhere_falls_through_to_a_file(tmp_path
                     media_type=OCI_TAR_GZIP, title="release.tar.gz")
     got = tree(tmp_path, layer)
     assert list(got) == ["", "release.tar.gz"]
-    assert got["release.tar.gz"].source == blob_path(layer.digest)
+    assert got["release.tar.gz"].source == blob_relpath(layer.digest)
     assert got["release.tar.gz"].size == layer.size
 
 
