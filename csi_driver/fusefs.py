@@ -24,8 +24,8 @@ asks the store. The root's own attributes are not cached at all (see ``ROOT_TIME
 
 Concurrency: handlers run on the trio loop; store reads (SQLite, WAL mode, written
 by ``serve`` meanwhile) and file reads run in worker threads, each thread with its
-own SQLite connection (``Store`` keeps them thread-local). This process never makes
-a syscall on its own mountpoint after mounting: it would wait on itself.
+own SQLite connection (``Store`` keeps them thread-local). While serving, this
+process never makes a syscall on its own mountpoint: it would wait on itself.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from . import errors, mounts
-from .store import Store, split_digest
+from . import mounts
+from .reference import valid_digest
+from .store import Store
 from .tree import ROOT, Entry, Kind
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,8 @@ def _guarded(handler: _Handler) -> _Handler:
         except pyfuse3.FUSEError:
             raise
         except Exception:
-            log.exception("FUSE %s%r failed", handler.__name__, args[1:])
+            request = [arg for arg in args[1:] if isinstance(arg, (int, bytes))]
+            log.exception("FUSE %s%r failed", handler.__name__, tuple(request))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
@@ -250,24 +252,30 @@ class TreeFS(pyfuse3.Operations):
         async with self._loading:
             if digest in self._trees:
                 return self._trees[digest]
-            entries = await trio.to_thread.run_sync(self._read_tree, digest)
-            if entries is None:
+            first_ino = self._next_ino
+            nodes = await trio.to_thread.run_sync(self._load_tree, digest, first_ino)
+            if nodes is None:
                 return None
-            nodes = build_tree(entries, self._next_ino, pyfuse3.ROOT_INODE)
             self._next_ino += len(nodes)
             self._nodes.update(nodes)
-            self._trees[digest] = min(nodes)
+            self._trees[digest] = first_ino
             log.info("loaded tree %s (%d inodes)", digest, len(nodes))
-            return self._trees[digest]
+            return first_ino
 
-    def _read_tree(self, digest: str) -> list[Entry] | None:
-        return self.store.load_tree(digest) if self.store.committed(digest) else None
+    def _load_tree(self, digest: str, first_ino: int) -> dict[int, Node] | None:
+        """In a worker thread: a big tree takes a while to read and index, and other requests go on."""
+        if not self.store.committed(digest):
+            return None
+        return build_tree(self.store.load_tree(digest), first_ino, pyfuse3.ROOT_INODE)
 
     def _node(self, ino: int) -> Node:
         try:
             return self._nodes[ino]
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _parent(self, ino: int) -> int:
+        return pyfuse3.ROOT_INODE if ino == pyfuse3.ROOT_INODE else self._node(ino).parent
 
     async def _root_attributes(self) -> pyfuse3.EntryAttributes:
         digests = await trio.to_thread.run_sync(self.store.committed_digests)
@@ -288,9 +296,7 @@ class TreeFS(pyfuse3.Operations):
     async def _child(self, parent: int, name: bytes) -> int | None:
         if parent == pyfuse3.ROOT_INODE:
             digest = os.fsdecode(name)
-            try:
-                split_digest(digest)
-            except errors.InvalidArgument:  # not a digest: no need to ask the store
+            if not valid_digest(digest):  # no need to ask the store
                 return None
             return await self._tree_root(digest)
         children = self._node(parent).children
@@ -305,8 +311,7 @@ class TreeFS(pyfuse3.Operations):
         if name == b".":
             return await self._attributes(parent_inode)
         if name == b"..":
-            parent = pyfuse3.ROOT_INODE if parent_inode == pyfuse3.ROOT_INODE else self._node(parent_inode).parent
-            return await self._attributes(parent)
+            return await self._attributes(self._parent(parent_inode))
         ino = await self._child(parent_inode, name)
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -340,13 +345,19 @@ class TreeFS(pyfuse3.Operations):
 
     @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """``.``, ``..``, then the names; offset ``n`` resumes after the ``n``-th of them."""
         handle = self._handles[fh]
         assert isinstance(handle, _DirHandle)
-        for index in range(start_id, len(handle.names)):
-            name = handle.names[index]
-            ino = await self._child(handle.ino, name)
-            if ino is None:  # a tree removed from the store since opendir
-                continue
+        dots = [(b".", handle.ino), (b"..", self._parent(handle.ino))]
+        for index in range(start_id, len(handle.names) + len(dots)):
+            if index < len(dots):
+                name, ino = dots[index]
+            else:
+                name = handle.names[index - len(dots)]
+                child = await self._child(handle.ino, name)
+                if child is None:  # a tree removed from the store since opendir
+                    continue
+                ino = child
             if not pyfuse3.readdir_reply(token, name, await self._attributes(ino), index + 1):
                 return
 
