@@ -9,7 +9,6 @@ checked against an in-memory tree before any view ever touches a disk.
 
 from __future__ import annotations
 
-import re
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace

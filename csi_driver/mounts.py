@@ -122,12 +122,13 @@ def path_state(path: str) -> str:
     return "ok"
 
 
-def make_target(target: str) -> None:
-    """Create the kubelet's ``.../mount`` dir; its parent must already exist."""
+def make_target(target: str) -> bool:
+    """Create the kubelet's ``.../mount`` dir (its parent must exist); True if we made it."""
     parent = Path(target).parent
     if not parent.is_dir():
         raise errors.NotFound(f"the parent of target_path {target} does not exist; the kubelet creates it")
     try:
         os.mkdir(target, 0o750)
     except FileExistsError:
-        pass
+        return False
+    return True

@@ -78,10 +78,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 return csi_pb2.NodePublishVolumeResponse()
             creds = credentials.from_secrets(spec.secrets, spec.reference.registry)
             digest = pull(self.store, spec.reference, spec.pull_policy, creds, self.pull_config)
-            source = self.view.path_for(digest)
-            mounts.make_target(spec.target_path)
-            if mounts.find_mount(spec.target_path) is None:
-                mounts.bind_readonly(source, spec.target_path)
+            self._mount(self.view.path_for(digest), spec.target_path, digest)
             self.publications.record(
                 Publication(
                     volume_id=spec.volume_id,
@@ -96,6 +93,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             )
             self.store.touch(digest)
         return csi_pb2.NodePublishVolumeResponse()
+
+    @staticmethod
+    def _mount(source: str, target: str, digest: str) -> None:
+        """Bind the view onto the target; a target we created is removed again on failure."""
+        created = mounts.make_target(target)
+        if mounts.find_mount(target) is not None:
+            return
+        try:
+            mounts.bind_readonly(source, target)
+        except OSError as exc:
+            if created:
+                os.rmdir(target)
+            raise errors.Internal(f"could not mount {digest} onto {target}: {exc.strerror}") from None
 
     def NodeUnpublishVolume(self, request, context):  # noqa: N802
         volume_id = check_volume_id(request.volume_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import json
-import os
+import time
 from pathlib import Path
 
 import grpc
@@ -209,3 +209,36 @@ def test_concurrent_publishes_of_one_new_reference_fetch_each_blob_once(
     assert fetches and all(count == 1 for count in fetches.values()), fetches
     for request in requests:
         driver.unpublish(unpublish_request(request))
+
+
+@pytest.fixture
+def stalled_registry():
+    """A registry address that accepts connections and never answers."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield "127.0.0.1:%d" % listener.getsockname()[1]
+    listener.close()
+
+
+def test_second_call_on_a_volume_in_flight_is_aborted(
+    registry: str, stalled_registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    extra = ["--insecure-registry", stalled_registry, "--registry-timeout", "5"]
+    with run_driver(tmp_path, registry, "bind", extra) as d:
+        target = target_for(kubelet_root, "pod-slow", "plugin")
+        request = publish_request(target, {"reference": f"{stalled_registry}/slow/plugin:v1"})
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(d.publish, request)
+            time.sleep(1)  # the first call now waits on the registry for 5 s
+            assert not first.done()
+            err = publish_error(d, request)
+            assert err.code() == grpc.StatusCode.ABORTED
+            assert request.volume_id in err.details()
+            with pytest.raises(grpc.RpcError) as excinfo:
+                first.result()
+        assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert stalled_registry in excinfo.value.details()
+        assert not target.exists()
