@@ -242,3 +242,17 @@ def test_second_call_on_a_volume_in_flight_is_aborted(
         assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
         assert stalled_registry in excinfo.value.details()
         assert not target.exists()
+
+
+@pytest.mark.parametrize("mode", ["bind"], indirect=True)
+def test_secrets_never_reach_the_log(driver: Driver, plugin, kubelet_root: Path) -> None:
+    target = target_for(kubelet_root, "pod-secret", "plugin")
+    secret = "s3cret-value-that-must-not-leak"
+    request = publish_request(
+        target, {"reference": plugin.reference}, secrets={"username": "robot", "password": secret}
+    )
+    driver.publish(request)
+    driver.unpublish(unpublish_request(request))
+    log = driver.log.read_text()
+    assert "NodePublishVolume" in log
+    assert secret not in log
