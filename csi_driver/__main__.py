@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pull import PullConfig
     from .registry import RegistryConfig
     from .server import ServeOptions, serve
+    from .spec import check_platform
 
     pull = PullConfig(
         registry=RegistryConfig(
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.registry_timeout,
             max_manifest_bytes=args.max_manifest_bytes,
         ),
-        platform=args.platform or manifest.node_platform(),
+        platform=check_platform(args.platform) if args.platform else manifest.node_platform(),
         limits=layout.Limits(max_entries=args.max_entries, max_unpacked_bytes=args.max_unpacked_bytes),
         max_layers=args.max_layers,
     )

@@ -77,7 +77,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if existing and mounts.find_mount(spec.target_path):
                 return csi_pb2.NodePublishVolumeResponse()
             creds = credentials.from_secrets(spec.secrets, spec.reference.registry)
-            digest = pull(self.store, spec.reference, spec.pull_policy, creds, self.pull_config)
+            digest = pull(self.store, spec.reference, spec.pull_policy, creds, self.pull_config, spec.platform)
             self._mount(self.view.path_for(digest), spec.target_path, digest)
             self.publications.record(
                 Publication(

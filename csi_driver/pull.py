@@ -30,17 +30,23 @@ class PullConfig:
     max_layers: int = 128
 
 
-def pull(store: Store, ref: Reference, policy: str, credentials: Credentials | None, cfg: PullConfig) -> str:
-    """Make sure the tree for ``ref`` is committed; return its manifest digest."""
+def pull(
+    store: Store, ref: Reference, policy: str, credentials: Credentials | None, cfg: PullConfig, platform: str = ""
+) -> str:
+    """Make sure the tree for ``ref`` is committed; return its manifest digest.
+
+    ``platform`` overrides ``cfg.platform`` (the node's, or ``--platform``) for one volume.
+    """
     key = str(ref)
+    platform = platform or cfg.platform
     if policy != "Always":
-        known = store.resolution(key, cfg.platform)
+        known = store.resolution(key, platform)
         if known and store.committed(known):
             return known
         if ref.digest:
-            local = _local_tree(store, ref, cfg.platform)
+            local = _local_tree(store, ref, platform)
             if local:
-                store.record_resolution(key, cfg.platform, local)
+                store.record_resolution(key, platform, local)
                 return local
         if policy == "Never":
             raise errors.FailedPrecondition(
@@ -48,8 +54,8 @@ def pull(store: Store, ref: Reference, policy: str, credentials: Credentials | N
                 "or pre-load the node"
             )
     client = RegistryClient(cfg.registry, credentials)
-    digest = _ensure_tree(store, client, ref, client.resolve(ref), cfg)
-    store.record_resolution(key, cfg.platform, digest)
+    digest = _ensure_tree(store, client, ref, client.resolve(ref), cfg, platform)
+    store.record_resolution(key, platform, digest)
     return digest
 
 
@@ -95,8 +101,10 @@ def _image_manifest(
     return chosen, inner
 
 
-def _ensure_tree(store: Store, client: RegistryClient, ref: Reference, top: str, cfg: PullConfig) -> str:
-    digest, image = _image_manifest(store, client, ref, top, cfg.platform)
+def _ensure_tree(
+    store: Store, client: RegistryClient, ref: Reference, top: str, cfg: PullConfig, platform: str
+) -> str:
+    digest, image = _image_manifest(store, client, ref, top, platform)
     with store.single_flight(digest):
         if store.committed(digest):
             return digest

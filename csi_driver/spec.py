@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import errors
 from .reference import Reference, default_pull_policy, parse_reference
 
-ATTRIBUTES = ("reference", "pullPolicy")
+ATTRIBUTES = ("reference", "pullPolicy", "platform")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 POD_INFO_PREFIX = "csi.storage.k8s.io/"
 
@@ -39,6 +39,7 @@ class VolumeSpec:
     reference: Reference
     pull_policy: str
     pod: Pod
+    platform: str = ""  # os/arch[/variant] overriding the node's; "" = the node's
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -55,6 +56,14 @@ def check_target_path(target: str) -> str:
     if not target.startswith("/") or ".." in target.split("/") or "\0" in target:
         raise errors.InvalidArgument(f"target_path {target!r} must be an absolute path without '..'")
     return posixpath.normpath(target)
+
+
+def check_platform(text: str) -> str:
+    """``os/arch[/variant]`` as Go names them, e.g. linux/arm64 or linux/arm/v7."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(p and p.replace("_", "").isalnum() for p in parts):
+        raise errors.InvalidArgument(f"platform {text!r} is not os/architecture[/variant], e.g. linux/arm64")
+    return text
 
 
 def _check_capability(request) -> None:  # type: ignore[no-untyped-def]
@@ -90,4 +99,5 @@ def from_publish_request(request) -> VolumeSpec:  # type: ignore[no-untyped-def]
         uid=context.get(POD_INFO_PREFIX + "pod.uid", ""),
         service_account=context.get(POD_INFO_PREFIX + "serviceAccount.name", ""),
     )
-    return VolumeSpec(volume_id, target, reference, policy, pod, dict(request.secrets))
+    platform = check_platform(context["platform"]) if context.get("platform") else ""
+    return VolumeSpec(volume_id, target, reference, policy, pod, platform, dict(request.secrets))

@@ -74,3 +74,14 @@ def test_block_capability_is_invalid() -> None:
 def test_any_access_mode_is_accepted() -> None:
     mode = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_MULTI_WRITER
     assert spec_of(publish_request(TARGET, {"reference": "r.example/a:v1"}, access_mode=mode))
+
+
+def test_platform_attribute_overrides_the_node() -> None:
+    spec = spec_of(publish_request(TARGET, {"reference": "r.example/a:v1", "platform": "linux/arm/v7"}))
+    assert spec.platform == "linux/arm/v7"
+
+
+@pytest.mark.parametrize("platform", ["linux", "linux/", "linux/arm/v7/x", "../amd64"])
+def test_malformed_platform_is_invalid(platform: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match="os/architecture"):
+        spec_of(publish_request(TARGET, {"reference": "r.example/a:v1", "platform": platform}))
