@@ -27,12 +27,14 @@ import contextlib
 import errno
 import hashlib
 import os
+import queue
 import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -124,6 +126,83 @@ class _Decoder:
     def finish(self) -> None:
         if self.compression == "gzip" and not self._obj.eof:
             raise zlib.error("truncated gzip stream")
+
+
+class _Inflater:
+    """Inflates a layer and writes its tar in a thread of its own, chunk by chunk, in order.
+
+    A cold pull is three CPU-bound passes over the bytes: sha256 of the blob, inflating it,
+    and writing both files. All three run in C with the GIL released (hashlib for more than
+    2 KiB, zlib and zstd, file writes), so the inflate, the longest, overlaps the download and
+    the hash instead of following them (bench/RESULTS.md has the numbers). It behaves as the
+    serial loop did: the same checks on the same bytes, and the first error in chunk order is
+    the one raised. A failed inflate stops the download at the next chunk it is handed, at
+    most 8 chunks (the queue) after the bad one; the download's size cap still holds.
+    """
+
+    def __init__(self, compression: str, out: BinaryIO, max_decoded_bytes: int | None, what: str) -> None:
+        self._compression = compression
+        self._out = out
+        self._limit = max_decoded_bytes
+        self._what = what
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._decoded = 0
+        self._thread = threading.Thread(target=self._run, name="inflate", daemon=True)
+        self._thread.start()
+
+    def feed(self, chunk: bytes) -> bool:
+        """Queue the next chunk; False (and nothing queued) once the inflater has failed."""
+        if self._error is not None:
+            return False
+        self._queue.put(chunk)
+        return True
+
+    def close(self) -> int:
+        """The blob is complete: wait until it is inflated and written; the decoded size, or the error."""
+        return self._stop(_END)
+
+    def abort(self) -> None:
+        """The download failed: stop without checking the stream's end; raise an earlier error if any."""
+        self._stop(_ABORT)
+
+    def _stop(self, marker: object) -> int:
+        self._queue.put(marker)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._decoded
+
+    def _run(self) -> None:
+        marker = None
+        try:
+            decoder = _Decoder(self._compression)
+            while True:
+                chunk = self._queue.get()
+                if chunk is _END or chunk is _ABORT:
+                    marker = chunk
+                    break
+                data = decoder.feed(chunk)
+                self._decoded += len(data)
+                if self._limit is not None and self._decoded > self._limit:
+                    raise errors.ResourceExhausted(
+                        f"{self._what}: inflates to more than {self._limit} bytes, the limit set by "
+                        "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
+                    )
+                self._out.write(data)
+            if marker is _END:
+                decoder.finish()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by close()/abort()
+            self._error = exc
+            while marker is None:  # keep taking chunks so that the producer never blocks on a full queue
+                chunk = self._queue.get()
+                marker = chunk if chunk is _END or chunk is _ABORT else None
+
+
+_END = object()
+"""Queued after the last chunk of a complete download."""
+_ABORT = object()
+"""Queued when the download failed: the inflater stops without checking the stream's end."""
 
 
 class Store:
@@ -225,28 +304,30 @@ class Store:
         try:
             with contextlib.ExitStack() as stack:
                 raw = stack.enter_context(open(raw_tmp, "wb"))
-                out = stack.enter_context(open(dec_tmp, "wb")) if compression else None
-                decoder = _Decoder(compression) if compression else None
-                for chunk in chunks:
-                    received += len(chunk)
-                    if received > expected_size:
-                        raise errors.DataLoss(
-                            f"{what}: the registry sent more than the {expected_size} bytes the manifest declares; "
-                            "the registry or artifact is corrupt, push it again"
-                        )
-                    hasher.update(chunk)
-                    raw.write(chunk)
-                    if decoder is not None and out is not None:
-                        data = decoder.feed(chunk)
-                        decoded += len(data)
-                        if max_decoded_bytes is not None and decoded > max_decoded_bytes:
-                            raise errors.ResourceExhausted(
-                                f"{what}: inflates to more than {max_decoded_bytes} bytes, the limit set by "
-                                "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
+                inflater = None
+                if compression:
+                    out = stack.enter_context(open(dec_tmp, "wb"))
+                    inflater = _Inflater(compression, out, max_decoded_bytes, what)
+                try:
+                    for chunk in chunks:
+                        received += len(chunk)
+                        if received > expected_size:
+                            raise errors.DataLoss(
+                                f"{what}: the registry sent more than the {expected_size} bytes the manifest "
+                                "declares; the registry or artifact is corrupt, push it again"
                             )
-                        out.write(data)
-                if decoder is not None:
-                    decoder.finish()
+                        hasher.update(chunk)
+                        raw.write(chunk)
+                        if inflater is not None and not inflater.feed(chunk):
+                            break  # it failed on an earlier chunk: stop downloading, close() raises its error
+                except BaseException:
+                    if inflater is not None:
+                        # Raises the inflater's error, if any, in place of ours: it met it on an earlier
+                        # chunk than the one we failed on, so the serial order would raise it first.
+                        inflater.abort()
+                    raise
+                if inflater is not None:
+                    decoded = inflater.close()
             actual = "sha256:" + hasher.hexdigest()
             if actual != digest or received != expected_size:
                 raise errors.DataLoss(
