@@ -454,3 +454,27 @@ def test_any_mix_of_entries_gives_a_well_formed_tree(tmp_path: Path,
         assert kinds.get(parent) is Kind.DIR
         assert [e.path for e in entries[:index]].count(parent) == 1
         assert ".wh." not in entry.path
+
+
+def _cut_after_last_data(raw: bytes, extra: int = 0) -> bytes:
+    """``raw`` ending right after its last member's data (plus ``extra`` bytes of padding)."""
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        last = tar.getmembers()[-1]
+    return raw[: last.offset_data + last.size + extra]
+
+
+@pytest.mark.parametrize("extra", [0, 100])
+def test_a_tar_ending_right_after_its_last_files_data_is_read(tmp_path: Path, extra: int) -> None:
+    """umoci 0.4 ``insert`` writes such layers (no padding after the last file, no end-of-archive
+    blocks); Go's archive/tar, and so containerd, Docker and umoci, read them as complete."""
+    raw = _cut_after_last_data(tar_bytes([directory("d"), file("d/f", b"abc"), file("d/g", b"last")]), extra)
+    layer = put_blob(tmp_path, raw, OCI_TAR)
+    got = tree(tmp_path, layer)
+    assert sorted(got) == ["", "d", "d/f", "d/g"]
+    assert content(tmp_path, got["d/g"]) == b"last"
+
+
+def test_a_tar_cut_inside_its_last_files_data_is_still_refused(tmp_path: Path) -> None:
+    raw = _cut_after_last_data(tar_bytes([file("f", b"abc"), file("g", b"x" * 600)]))
+    layer = put_blob(tmp_path, raw[:-1], OCI_TAR)
+    assert layer.digest in refused(tmp_path, layer)
