@@ -1,0 +1,388 @@
+"""Every artifact kind mounts as its own tools lay it out (issue 4; DESIGN.md "What appears
+in the volume").
+
+Each kind is made by the tool its users use (``fixtures_tools.py`` says which), pushed to the
+real registry, published through the real ``serve`` process in both data planes (``bind``
+and ``fuse``), and the mounted tree is compared name by name with what was pushed: bytes,
+modes (setuid/setgid dropped), symlink targets, uid/gid. The expected trees come from the
+sources (the pushed directory, or ``umoci raw unpack`` of the pushed image), never from the
+driver. The fixtures are built once per session and both drivers run once per module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import fixtures_tools as ft
+from csi_driver import mounts
+from driver import Driver, run_driver, walk
+from kubelet import publish_request, target_for, unpublish_request
+
+MODES = ["bind", "fuse"]
+
+
+# -- drivers and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drivers(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Driver]]:
+    """One real ``serve`` per data plane, shared by the module (each test uses its own targets)."""
+    with contextlib.ExitStack() as stack:
+        yield {mode: stack.enter_context(run_driver(tmp_path_factory.mktemp(f"kinds-{mode}"), registry, mode))
+               for mode in MODES}  # fmt: skip
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def published_tree(driver: Driver, fixture: ft.Fixture, kubelet_root: Path, pod: str) -> ft.Walk:
+    """Publish ``fixture`` as the kubelet would, walk the mount, unpublish; the target is gone after."""
+    target = target_for(kubelet_root, pod, fixture.name.replace("_", "-"))
+    request = publish_request(target, {"reference": fixture.reference})
+    driver.publish(request)
+    try:
+        info = mounts.find_mount(str(target))
+        assert info is not None, f"{target} is not a mount point"
+        assert {"ro", "nosuid", "nodev"} <= info.options, info.options
+        return walk(target)
+    finally:
+        driver.unpublish(unpublish_request(request))
+        assert mounts.find_mount(str(target)) is None
+        assert not target.exists()
+
+
+def describe(value: tuple) -> str:
+    kind, mode, uid, gid, content = value
+    shown = content if isinstance(content, str) else (content[:40] + (b"..." if len(content) > 40 else b""))
+    return f"{kind} {mode:04o} {uid}:{gid} {shown!r}"
+
+
+def assert_same_tree(seen: ft.Walk, expected: ft.Walk, what: str) -> None:
+    """Compare two walks name by name, with a short readable report of every difference."""
+    problems = [f"missing {name}: want {describe(expected[name])}" for name in sorted(expected.keys() - seen.keys())]
+    problems += [f"unexpected {name}: {describe(seen[name])}" for name in sorted(seen.keys() - expected.keys())]
+    problems += [
+        f"differs {name}: got {describe(seen[name])}, want {describe(expected[name])}"
+        for name in sorted(seen.keys() & expected.keys())
+        if seen[name] != expected[name]
+    ]
+    assert not problems, f"{what}:\n  " + "\n  ".join(problems)
+
+
+def pushed_manifest(fixture: ft.Fixture) -> dict:
+    """The manifest (or index) the registry holds for ``fixture``, by its digest."""
+    registry, _, repo_tag = fixture.reference.partition("/")
+    accept = f"{ft.OCI_MANIFEST}, {ft.OCI_INDEX}, {ft.DOCKER_MANIFEST}, {ft.DOCKER_LIST}"
+    return ft.fetch_manifest(registry, repo_tag.rpartition(":")[0], fixture.digest, accept)
+
+
+def layer_shapes(fixture: ft.Fixture) -> list[tuple[str, str | None, str | None]]:
+    """(media type, title, unpack annotation) of each layer of ``fixture``'s manifest."""
+    return [
+        (layer["mediaType"], layer.get("annotations", {}).get(ft.TITLE), layer.get("annotations", {}).get(ft.UNPACK))
+        for layer in pushed_manifest(fixture)["layers"]
+    ]
+
+
+def check_kind(drivers: dict[str, Driver], mode: str, fixture: ft.Fixture, kubelet_root: Path) -> ft.Walk:
+    seen = published_tree(drivers[mode], fixture, kubelet_root, f"pod-{mode}")
+    assert_same_tree(seen, fixture.expected, f"{fixture.name} ({fixture.made_with}) in {mode} mode")
+    return seen
+
+
+# -- fixtures, once per session ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kinds-fixtures")
+
+
+@pytest.fixture(scope="session")
+def oras_file_push(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_oras_file_push(registry, work / "oras-files")
+
+
+@pytest.fixture(scope="session")
+def oras_directory_push(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_oras_directory_push(registry, work / "oras-dir")
+
+
+@pytest.fixture(scope="session")
+def oras_directory_unpack(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_oras_directory_unpack(registry, work / "oras-dir-unpack")
+
+
+@pytest.fixture(scope="session")
+def oras_files_and_directories(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_oras_mixed(registry, work / "oras-mixed")
+
+
+@pytest.fixture(scope="session")
+def skill(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_skill(registry, work / "skill")
+
+
+@pytest.fixture(scope="session")
+def klaus_plugin_oras_cli(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_klaus_oras_cli(registry, work / "klaus-cli")
+
+
+@pytest.fixture(scope="session")
+def klaus_media_type_titled(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_klaus_hand(registry, work / "klaus-titled", titled=True)
+
+
+@pytest.fixture(scope="session")
+def klaus_media_type_untitled(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_klaus_hand(registry, work / "klaus-untitled", titled=False)
+
+
+@pytest.fixture(scope="session")
+def toolhive_plugin(registry: str, work: Path) -> ft.Fixture:
+    return ft.build_toolhive(registry, work / "toolhive")
+
+
+@pytest.fixture(scope="session")
+def toolchain(work: Path) -> tuple[ft.Layout, ft.Walk]:
+    """The multi-layer umoci image and umoci's own extraction of it."""
+    layout = ft.build_toolchain_layout(work / "toolchain")
+    return layout, layout.reference_tree("toolchain", work / "toolchain" / "reference")
+
+
+@pytest.fixture(scope="session")
+def oci_image(registry: str, toolchain: tuple[ft.Layout, ft.Walk]) -> ft.Fixture:
+    layout, reference = toolchain
+    digest = ft.skopeo_push(layout, "toolchain", registry, "kinds/toolchain:oci")
+    return ft.Fixture("oci_image", f"{registry}/kinds/toolchain:oci", reference,
+                      "umoci (5 layers: repack, repack, insert --opaque, insert --whiteout, insert) + skopeo copy",
+                      digest)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def docker_schema2_image(registry: str, toolchain: tuple[ft.Layout, ft.Walk]) -> ft.Fixture:
+    layout, reference = toolchain
+    digest = ft.skopeo_push(layout, "toolchain", registry, "kinds/toolchain:v2s2", "--format", "v2s2")
+    return ft.Fixture("docker_schema2_image", f"{registry}/kinds/toolchain:v2s2", reference,
+                      "umoci + skopeo copy --format v2s2", digest)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def zstd_image(registry: str, toolchain: tuple[ft.Layout, ft.Walk], work: Path) -> ft.Fixture:
+    layout, reference = toolchain
+    zstd = ft.skopeo_recompress(layout, "toolchain", work / "toolchain-zstd",
+                                "--dest-compress", "--dest-compress-format", "zstd")  # fmt: skip
+    digest = ft.skopeo_push(zstd, "toolchain", registry, "kinds/toolchain-zstd:v1")
+    return ft.Fixture("zstd_image", f"{registry}/kinds/toolchain-zstd:v1", reference,
+                      "umoci + skopeo copy --dest-compress-format zstd (oci → oci → registry)", digest)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def layer_compressions(registry: str, toolchain: tuple[ft.Layout, ft.Walk]) -> ft.Fixture:
+    layout, reference = toolchain
+    return ft.build_layer_compressions(registry, layout, reference)
+
+
+@pytest.fixture(scope="session")
+def platforms(work: Path) -> tuple[ft.Layout, dict[str, ft.Walk]]:
+    return ft.build_platform_layout(work / "platforms")
+
+
+@pytest.fixture(scope="session")
+def oci_index(registry: str, platforms: tuple[ft.Layout, dict[str, ft.Walk]]) -> ft.Fixture:
+    layout, trees = platforms
+    digest = ft.skopeo_push(layout, "multi", registry, "kinds/multiarch:oci", "--all")
+    return ft.Fixture("oci_index", f"{registry}/kinds/multiarch:oci", ft.for_node(trees),
+                      "umoci (two platforms) + skopeo copy --all", digest)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def docker_manifest_list(registry: str, platforms: tuple[ft.Layout, dict[str, ft.Walk]]) -> ft.Fixture:
+    layout, trees = platforms
+    digest = ft.skopeo_push(layout, "multi", registry, "kinds/multiarch:v2s2", "--all", "--format", "v2s2")
+    return ft.Fixture("docker_manifest_list", f"{registry}/kinds/multiarch:v2s2", ft.for_node(trees),
+                      "umoci (two platforms) + skopeo copy --all --format v2s2", digest)  # fmt: skip
+
+
+MOUNTABLE = [
+    "oras_file_push", "oras_directory_push", "oras_directory_unpack", "oras_files_and_directories", "skill",
+    "klaus_plugin_oras_cli", "klaus_media_type_titled", "klaus_media_type_untitled", "toolhive_plugin",
+    "oci_image", "docker_schema2_image", "zstd_image", "layer_compressions", "oci_index", "docker_manifest_list",
+]  # fmt: skip
+
+
+# -- one test per kind ------------------------------------------------------------------------
+
+
+def test_oras_file_push(drivers, mode: str, oras_file_push: ft.Fixture, kubelet_root: Path) -> None:
+    """Titled layers are files at their titles, 0644, even a real ``.tar.gz`` typed ``…tar+gzip``."""
+    assert layer_shapes(oras_file_push) == [
+        (ft.OCI_TAR, "notes.txt", None), ("application/vnd.example.data.v1", "data.bin", None),
+        (ft.OCI_TAR, "bundle.tar.gz", None), (ft.OCI_TAR_GZIP, "dist.tar.gz", None),
+        ("text/markdown", "docs/guide.md", None),
+    ]  # fmt: skip
+    assert pushed_manifest(oras_file_push)["config"]["mediaType"] == ft.UNKNOWN_CONFIG
+    seen = check_kind(drivers, mode, oras_file_push, kubelet_root)
+    assert seen["dist.tar.gz"][0] == "file" and seen["docs"][0] == "dir"
+
+
+def test_oras_directory_push(drivers, mode: str, oras_directory_push: ft.Fixture, kubelet_root: Path) -> None:
+    """oras-python's directory push (titled ``…tar+gzip``, entries under the title) mounts as ``<title>/…``."""
+    assert layer_shapes(oras_directory_push) == [(ft.OCI_TAR_GZIP, "toolbox", None)]
+    assert pushed_manifest(oras_directory_push)["config"]["mediaType"] == ft.OCI_EMPTY
+    seen = check_kind(drivers, mode, oras_directory_push, kubelet_root)
+    assert seen["toolbox/bin/run"][1] == 0o755  # pushed 4755: setuid dropped
+    assert seen["toolbox/private/token"][2:4] == (1000, 1000)
+
+
+def test_oras_directory_push_with_unpack_annotation(
+    drivers, mode: str, oras_directory_unpack: ft.Fixture, kubelet_root: Path
+) -> None:
+    assert layer_shapes(oras_directory_unpack) == [(ft.OCI_TAR_GZIP, "toolbox", "true")]
+    check_kind(drivers, mode, oras_directory_unpack, kubelet_root)
+
+
+def test_oras_files_and_directories_in_one_artifact(
+    drivers, mode: str, oras_files_and_directories: ft.Fixture, kubelet_root: Path
+) -> None:
+    assert layer_shapes(oras_files_and_directories) == [
+        (ft.OCI_TAR_GZIP, "skills", None), (ft.OCI_TAR_GZIP, "agents", "true"),
+        ("application/json", "settings.json", None), (ft.OCI_TAR, "CLAUDE.md", None),
+    ]  # fmt: skip
+    check_kind(drivers, mode, oras_files_and_directories, kubelet_root)
+
+
+def test_skill(drivers, mode: str, skill: ft.Fixture, kubelet_root: Path) -> None:
+    seen = check_kind(drivers, mode, skill, kubelet_root)
+    assert seen["cluster-ops/SKILL.md"][4].startswith(b"---\nname: cluster-ops")
+
+
+def test_klaus_plugin_pushed_like_the_oras_cli(
+    drivers, mode: str, klaus_plugin_oras_cli: ft.Fixture, kubelet_root: Path
+) -> None:
+    """Titled ``plugin.tar.gz``, entries ``./…``: the plugin directory, not a file."""
+    assert layer_shapes(klaus_plugin_oras_cli) == [(ft.KLAUS_PLUGIN_CONTENT, "plugin.tar.gz", None)]
+    seen = check_kind(drivers, mode, klaus_plugin_oras_cli, kubelet_root)
+    assert "plugin.tar.gz" not in seen and seen[".claude-plugin/plugin.json"][0] == "file"
+
+
+def test_klaus_media_type_titled(drivers, mode: str, klaus_media_type_titled: ft.Fixture, kubelet_root: Path) -> None:
+    assert layer_shapes(klaus_media_type_titled) == [(ft.KLAUS_PLUGIN_CONTENT, "gs-platform", None)]
+    seen = check_kind(drivers, mode, klaus_media_type_titled, kubelet_root)
+    assert "gs-platform" not in seen
+
+
+def test_klaus_media_type_untitled(
+    drivers, mode: str, klaus_media_type_untitled: ft.Fixture, kubelet_root: Path
+) -> None:
+    assert layer_shapes(klaus_media_type_untitled) == [(ft.KLAUS_PLUGIN_CONTENT, None, None)]
+    assert "mediaType" not in pushed_manifest(klaus_media_type_untitled)
+    check_kind(drivers, mode, klaus_media_type_untitled, kubelet_root)
+
+
+def test_toolhive_plugin_index_mounts_the_node_platform(
+    drivers, mode: str, toolhive_plugin: ft.Fixture, kubelet_root: Path
+) -> None:
+    index = pushed_manifest(toolhive_plugin)
+    assert index["artifactType"] == ft.TOOLHIVE_PLUGIN
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    seen = check_kind(drivers, mode, toolhive_plugin, kubelet_root)
+    arch = ft.node_platform().split("/")[1]
+    assert seen["scripts/scan.sh"][4] == f"#!/bin/sh\necho scanning on {arch}\n".encode()
+
+
+def test_oci_image_built_with_umoci(drivers, mode: str, oci_image: ft.Fixture, kubelet_root: Path) -> None:
+    """Whiteouts, an opaque dir, file↔dir and dir→symlink across layers, hardlinks, absolute
+    symlinks, owners, setuid dropped, FIFOs and devices left out: as umoci extracts it."""
+    assert [shape[0] for shape in layer_shapes(oci_image)] == [ft.OCI_TAR_GZIP] * 5
+    seen = check_kind(drivers, mode, oci_image, kubelet_root)
+    assert "etc/obsolete.conf" not in seen and "home/dev/.profile" not in seen
+    assert seen["srv/data"] == ("symlink", 0, 0, 0, "/mnt/data")
+    assert seen["bin/sh"] == ("symlink", 0, 0, 0, "/bin/busybox")
+    assert seen["bin/ls"][0] == "dir" and seen["opt/was-a-dir"][0] == "file" and seen["opt/was-a-file"][0] == "dir"
+    assert sorted(n for n in seen if n.startswith("usr/lib/toolchain/")) == ["usr/lib/toolchain/libnew.so"]
+    assert seen["usr/bin/passwd"][1] == 0o755 and seen["usr/bin/wall"][1] == 0o755
+    assert seen["tmp"][1] == 0o1777
+    assert "etc/initctl" not in seen and "etc/null" not in seen
+    assert seen["bin/busybox.hard"] == seen["bin/busybox"]
+
+
+def test_docker_schema2_image(
+    registry: str, drivers, mode: str, docker_schema2_image: ft.Fixture, kubelet_root: Path
+) -> None:
+    manifest = ft.fetch_manifest(registry, "kinds/toolchain", "v2s2", ft.DOCKER_MANIFEST)
+    assert manifest["mediaType"] == ft.DOCKER_MANIFEST
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {ft.DOCKER_LAYER}
+    check_kind(drivers, mode, docker_schema2_image, kubelet_root)
+
+
+def test_zstd_image_recompressed_by_skopeo(
+    registry: str, drivers, mode: str, zstd_image: ft.Fixture, kubelet_root: Path
+) -> None:
+    manifest = ft.fetch_manifest(registry, "kinds/toolchain-zstd", "v1", ft.OCI_MANIFEST)
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {ft.OCI_TAR_ZSTD}
+    check_kind(drivers, mode, zstd_image, kubelet_root)
+
+
+def test_layer_compressions_and_media_types(
+    drivers, mode: str, layer_compressions: ft.Fixture, kubelet_root: Path
+) -> None:
+    """tar, tar+zstd, nondistributable tar+gzip, Docker rootfs.diff, multi-member gzip, and
+    directories created implicitly by deeper entries (0755, root-owned)."""
+    assert [shape[0] for shape in layer_shapes(layer_compressions)] == [
+        ft.OCI_TAR, ft.OCI_TAR_ZSTD, ft.OCI_NONDIST_GZIP, ft.DOCKER_LAYER, ft.OCI_TAR_GZIP, ft.OCI_TAR_ZSTD,
+    ]  # fmt: skip
+    check_kind(drivers, mode, layer_compressions, kubelet_root)
+
+
+def test_oci_index_with_two_platforms(
+    registry: str, drivers, mode: str, oci_index: ft.Fixture, kubelet_root: Path
+) -> None:
+    index = ft.fetch_manifest(registry, "kinds/multiarch", "oci", ft.OCI_INDEX)
+    assert index["mediaType"] == ft.OCI_INDEX and len(index["manifests"]) == 2
+    seen = check_kind(drivers, mode, oci_index, kubelet_root)
+    assert seen["etc/arch"][4] == ft.node_platform().split("/")[1].encode() + b"\n"
+
+
+def test_docker_manifest_list_with_two_platforms(
+    registry: str, drivers, mode: str, docker_manifest_list: ft.Fixture, kubelet_root: Path
+) -> None:
+    index = ft.fetch_manifest(registry, "kinds/multiarch", "v2s2", ft.DOCKER_LIST)
+    assert index["mediaType"] == ft.DOCKER_LIST
+    assert {m["mediaType"] for m in index["manifests"]} == {ft.DOCKER_MANIFEST}
+    seen = check_kind(drivers, mode, docker_manifest_list, kubelet_root)
+    assert seen["etc/arch"][4] == ft.node_platform().split("/")[1].encode() + b"\n"
+
+
+def test_unknown_layer_media_type_is_refused(
+    registry: str, drivers, mode: str, work: Path, kubelet_root: Path
+) -> None:
+    fixture, bad_digest = ft.build_unknown_media_type(registry, work / f"unknown-{mode}")
+    target = target_for(kubelet_root, f"pod-{mode}", "unknown")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        drivers[mode].publish(publish_request(target, {"reference": fixture.reference}))
+    err = excinfo.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert bad_digest in err.details() and "application/x-unknown" in err.details()
+    assert mounts.find_mount(str(target)) is None
+    assert not target.exists()
+
+
+# -- both data planes agree -------------------------------------------------------------------
+
+
+def test_bind_and_fuse_present_identical_trees_for_every_kind(
+    request: pytest.FixtureRequest, drivers, kubelet_root: Path
+) -> None:
+    for name in MOUNTABLE:
+        fixture: ft.Fixture = request.getfixturevalue(name)
+        trees = {mode: published_tree(drivers[mode], fixture, kubelet_root, f"pod-same-{mode}") for mode in MODES}
+        assert trees["bind"], f"{name}: the volume is empty"
+        assert_same_tree(trees["fuse"], trees["bind"], f"{name}: fuse view against bind view")
