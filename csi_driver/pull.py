@@ -13,6 +13,7 @@ digest the tag names now, and still reuses every blob already stored.
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass, field
 
 from . import errors, layout, manifest
@@ -20,6 +21,9 @@ from .credentials import Credentials
 from .reference import Reference
 from .registry import RegistryClient, RegistryConfig
 from .store import Store
+
+
+LAYER_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,31 @@ def _ensure_tree(
                 "set by --max-layers"
             )
         layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
-        for layer in layers:
-            _ensure_layer(store, client, ref, layer, cfg.limits)
+        _ensure_layers(store, client, ref, layers, cfg.limits)
         store.commit_tree(digest, layout.build_tree(store.root, layers, cfg.limits))
     return digest
+
+
+def _ensure_layers(
+    store: Store, client: RegistryClient, ref: Reference, layers: list[layout.Layer], limits: layout.Limits
+) -> None:
+    """Fetch the layers concurrently: each download overlaps another's hashing and inflating.
+
+    On two cores a multi-layer image is otherwise bound by one layer at a time. The first
+    failure is raised; layers not yet started are cancelled.
+    """
+    if len(layers) == 1:
+        _ensure_layer(store, client, ref, layers[0], limits)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(layers), LAYER_WORKERS)) as pool:
+        futures = [pool.submit(_ensure_layer, store, client, ref, layer, limits) for layer in layers]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _ensure_layer(store: Store, client: RegistryClient, ref: Reference, layer: layout.Layer, limits: layout.Limits) -> None:
