@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from . import credentials, errors, mounts
 from ._pb import csi_pb2, csi_pb2_grpc
+from .authorize import AccessChecks
 from .publications import Publication, Publications
 from .pull import PullConfig, pull
 from .spec import check_target_path, check_volume_id, from_publish_request
@@ -58,6 +59,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.view = view
         self.pull_config = pull_config
         self.locks = VolumeLocks()
+        self.access = AccessChecks()
 
     def NodeGetInfo(self, request, context):  # noqa: N802 (gRPC method names)
         return csi_pb2.NodeGetInfoResponse(node_id=self.node_id)
@@ -77,7 +79,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if existing and mounts.find_mount(spec.target_path):
                 return csi_pb2.NodePublishVolumeResponse()
             creds = credentials.from_secrets(spec.secrets, spec.reference.registry)
-            digest = pull(self.store, spec.reference, spec.pull_policy, creds, self.pull_config, spec.platform)
+            digest = pull(
+                self.store, spec.reference, spec.pull_policy, creds, self.pull_config, self.access, spec.platform
+            )
             self._mount(self.view.path_for(digest), spec.target_path, digest)
             self.publications.record(
                 Publication(

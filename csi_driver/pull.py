@@ -9,6 +9,10 @@ Pull policies follow KEP-4639: ``IfNotPresent`` and ``Never`` reuse the node's
 last resolution of the reference when its tree is complete (a digest reference
 needs no network once its content is here); ``Always`` asks the registry which
 digest the tag names now, and still reuses every blob already stored.
+
+A tree pulled with credentials is private: whenever it is handed out without
+this call having asked the registry for the tag with the pod's credentials, the
+pod's access is verified first (``authorize.py``), whatever the pull policy.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import concurrent.futures
 from dataclasses import dataclass, field
 
 from . import errors, layout, manifest
+from .authorize import AccessChecks
 from .credentials import Credentials
 from .reference import Reference
 from .registry import RegistryClient, RegistryConfig
 from .store import Store
-
 
 LAYER_WORKERS = 4
 
@@ -35,32 +39,59 @@ class PullConfig:
 
 
 def pull(
-    store: Store, ref: Reference, policy: str, credentials: Credentials | None, cfg: PullConfig, platform: str = ""
+    store: Store,
+    ref: Reference,
+    policy: str,
+    credentials: Credentials | None,
+    cfg: PullConfig,
+    access: AccessChecks,
+    platform: str = "",
 ) -> str:
-    """Make sure the tree for ``ref`` is committed; return its manifest digest.
+    """Make sure the tree for ``ref`` is committed and the pod may have it; return its digest.
 
     ``platform`` overrides ``cfg.platform`` (the node's, or ``--platform``) for one volume.
     """
     key = str(ref)
     platform = platform or cfg.platform
+    client = RegistryClient(cfg.registry, credentials)
     if policy != "Always":
-        known = store.resolution(key, platform)
-        if known and store.committed(known):
-            return known
-        if ref.digest:
-            local = _local_tree(store, ref, platform)
-            if local:
-                store.record_resolution(key, platform, local)
-                return local
+        local = _node_tree(store, ref, key, platform)
+        if local:
+            _authorize(store, access, client, credentials, ref, local)
+            return local
         if policy == "Never":
             raise errors.FailedPrecondition(
                 f"{ref} is not on this node and pullPolicy is Never; pull it once with IfNotPresent or Always, "
                 "or pre-load the node"
             )
-    client = RegistryClient(cfg.registry, credentials)
-    digest = _ensure_tree(store, client, ref, client.resolve(ref), cfg, platform)
+    digest = _ensure_tree(store, client, ref, client.resolve(ref), cfg, platform, private=credentials is not None)
+    if ref.digest:  # resolve() asked nothing, and the tree may have been on the node already
+        _authorize(store, access, client, credentials, ref, digest)
     store.record_resolution(key, platform, digest)
     return digest
+
+
+def _authorize(
+    store: Store,
+    access: AccessChecks,
+    client: RegistryClient,
+    credentials: Credentials | None,
+    ref: Reference,
+    digest: str,
+) -> None:
+    if store.private(digest):
+        access.verify(client, credentials, ref, digest)
+
+
+def _node_tree(store: Store, ref: Reference, key: str, platform: str) -> str | None:
+    """The committed tree this node last resolved ``ref`` to, found without the network."""
+    known = store.resolution(key, platform)
+    if known and store.committed(known):
+        return known
+    local = _local_tree(store, ref, platform) if ref.digest else None
+    if local:
+        store.record_resolution(key, platform, local)
+    return local
 
 
 def _where(ref: Reference, digest: str) -> str:
@@ -106,7 +137,7 @@ def _image_manifest(
 
 
 def _ensure_tree(
-    store: Store, client: RegistryClient, ref: Reference, top: str, cfg: PullConfig, platform: str
+    store: Store, client: RegistryClient, ref: Reference, top: str, cfg: PullConfig, platform: str, private: bool
 ) -> str:
     digest, image = _image_manifest(store, client, ref, top, platform)
     with store.single_flight(digest):
@@ -119,7 +150,7 @@ def _ensure_tree(
             )
         layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
         _ensure_layers(store, client, ref, layers, cfg.limits)
-        store.commit_tree(digest, layout.build_tree(store.root, layers, cfg.limits))
+        store.commit_tree(digest, layout.build_tree(store.root, layers, cfg.limits), private=private)
     return digest
 
 

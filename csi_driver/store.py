@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS trees (
     committed_at REAL NOT NULL,
     last_used REAL NOT NULL,
     entries INTEGER NOT NULL,
-    bytes INTEGER NOT NULL
+    bytes INTEGER NOT NULL,
+    private INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS entries (
     tree TEXT NOT NULL,
@@ -364,8 +365,11 @@ class Store:
         row = self._conn().execute("SELECT 1 FROM trees WHERE digest = ?", (digest,)).fetchone()
         return row is not None
 
-    def commit_tree(self, digest: str, entries: Sequence[Entry]) -> None:
-        """Record a complete tree; from now on views may serve it."""
+    def commit_tree(self, digest: str, entries: Sequence[Entry], private: bool = False) -> None:
+        """Record a complete tree; from now on views may serve it.
+
+        ``private``: it was pulled with credentials, so other pods must prove access.
+        """
         now = time.time()
         size = sum(e.size for e in entries if e.kind is Kind.FILE)
         with self._db() as db:
@@ -378,9 +382,14 @@ class Store:
                 ),
             )
             db.execute(
-                "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes) VALUES (?, ?, ?, ?, ?)",
-                (digest, now, now, len(entries), size),
+                "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes, private) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, now, now, len(entries), size, int(private)),
             )
+
+    def private(self, digest: str) -> bool:
+        row = self._conn().execute("SELECT private FROM trees WHERE digest = ?", (digest,)).fetchone()
+        return bool(row and row[0])
 
     def load_tree(self, digest: str) -> list[Entry]:
         rows = self._conn().execute(

@@ -77,9 +77,28 @@ def tar_gz_of(root: Path, out: Path) -> Path:
     return out
 
 
-def push(registry: str, repo_tag: str, files: list[str], config: tuple[Path, str], workdir: Path) -> Pushed:
+def oras_client(registry: str, credentials: tuple[str, str] | None = None) -> oras.client.OrasClient:
+    """The oras client for the test registry, with basic auth when it needs it.
+
+    ``set_basic_auth`` rather than ``login``: login would write ~/.docker/config.json.
+    """
+    if credentials is None:
+        return oras.client.OrasClient(hostname=registry, insecure=True)
+    client = oras.client.OrasClient(hostname=registry, insecure=True, auth_backend="basic")
+    client.auth.set_basic_auth(*credentials)
+    return client
+
+
+def push(
+    registry: str,
+    repo_tag: str,
+    files: list[str],
+    config: tuple[Path, str],
+    workdir: Path,
+    credentials: tuple[str, str] | None = None,
+) -> Pushed:
     """Push with the oras client from ``workdir`` (it wants relative paths)."""
-    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    client = oras_client(registry, credentials)
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
@@ -91,7 +110,14 @@ def push(registry: str, repo_tag: str, files: list[str], config: tuple[Path, str
     return Pushed(reference=f"{registry}/{repo_tag}", digest=response.headers["Docker-Content-Digest"])
 
 
-def push_klaus(registry: str, repo_tag: str, tree: Tree, workdir: Path, kind: str = "plugin") -> Pushed:
+def push_klaus(
+    registry: str,
+    repo_tag: str,
+    tree: Tree,
+    workdir: Path,
+    kind: str = "plugin",
+    credentials: tuple[str, str] | None = None,
+) -> Pushed:
     """Push a Klaus plugin or personality: one Klaus tar+gzip layer, a Klaus config."""
     content_type = KLAUS_PLUGIN_CONTENT if kind == "plugin" else KLAUS_PERSONALITY_CONTENT
     config_type = KLAUS_PLUGIN_CONFIG if kind == "plugin" else KLAUS_PERSONALITY_CONFIG
@@ -100,7 +126,8 @@ def push_klaus(registry: str, repo_tag: str, tree: Tree, workdir: Path, kind: st
     write_tree(src, tree)
     tar_gz_of(src, workdir / f"{kind}.tar.gz")
     (workdir / "config.json").write_text(json.dumps({"name": repo_tag.split(":")[0].rsplit("/", 1)[-1]}))
-    return push(registry, repo_tag, [f"{kind}.tar.gz:{content_type}"], (Path("config.json"), config_type), workdir)
+    files = [f"{kind}.tar.gz:{content_type}"]
+    return push(registry, repo_tag, files, (Path("config.json"), config_type), workdir, credentials)
 
 
 OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -130,7 +157,7 @@ def push_image(registry: str, repo_tag: str, layers: list[tuple[bytes, str]], wo
     """
     import hashlib
 
-    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    client = oras_client(registry)
     container = client.get_container(f"{registry}/{repo_tag}")
     workdir.mkdir(parents=True, exist_ok=True)
 

@@ -59,6 +59,7 @@ def cleanup_mounts_under(root: Path) -> None:
 def run_driver(tmp: Path, registry: str, mode: str, extra: list[str] | None = None) -> Iterator[Driver]:
     state = tmp / "state"
     socket = tmp / "csi" / "csi.sock"
+    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "serve.log"
     cmd = [
         sys.executable, "-m", "csi_driver", "serve",

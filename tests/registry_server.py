@@ -100,11 +100,17 @@ def _wait_until_up(process: subprocess.Popen, url: str, log_path: Path) -> None:
     )
 
 
+def access_log(address: str) -> list[str]:
+    """The request lines of the registry's access log (``"GET /v2/... HTTP/1.1"``), in order."""
+    lines = _logs[address].read_text(errors="replace").splitlines()
+    return [line.split('"', 2)[1] for line in lines if '"' in line and " /v2/" in line]
+
+
 def blob_fetches(address: str, repository: str) -> dict[str, int]:
     """How often each blob of ``repository`` was fetched (GET), from the registry's access log."""
-    prefix = f'"GET /v2/{repository}/blobs/'
+    prefix = f'GET /v2/{repository}/blobs/'
     counts: dict[str, int] = {}
-    for line in _logs[address].read_text(errors="replace").splitlines():
+    for line in access_log(address):
         start = line.find(prefix)
         if start >= 0:
             digest = line[start + len(prefix) :].split(" ", 1)[0]

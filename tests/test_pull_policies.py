@@ -1,0 +1,87 @@
+"""Pull policies with KEP-4639 semantics, against a real registry whose tags move."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from artifacts import PERSONALITY_TREE, PLUGIN_TREE, push_klaus
+from driver import Driver, run_driver, walk
+from kubelet import publish_request, target_for, unpublish_request
+from registry_server import access_log, blob_fetches, run_registry
+from test_publish import expected_walk
+
+
+@pytest.fixture
+def driver(tmp_path: Path, registry: str):
+    with run_driver(tmp_path, registry, "bind") as d:
+        yield d
+
+
+def publish(driver: Driver, kubelet_root: Path, pod: str, attributes: dict[str, str]) -> Path:
+    target = target_for(kubelet_root, pod, "plugin")
+    driver.publish(publish_request(target, attributes))
+    return target
+
+
+def manifest_requests(registry: str, repository: str, tag: str) -> int:
+    return sum(1 for line in access_log(registry) if f"/v2/{repository}/manifests/{tag} " in line)
+
+
+def test_if_not_present_keeps_the_node_resolution_when_the_tag_moves(
+    driver: Driver, registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    first = push_klaus(registry, "policies/moving:v1", PLUGIN_TREE, tmp_path / "a")
+    before = publish(driver, kubelet_root, "pod-1", {"reference": first.reference})
+    push_klaus(registry, "policies/moving:v1", PERSONALITY_TREE, tmp_path / "b", kind="personality")
+    asked = manifest_requests(registry, "policies/moving", "v1")
+    after = publish(driver, kubelet_root, "pod-2", {"reference": first.reference, "pullPolicy": "IfNotPresent"})
+    assert walk(before) == walk(after) == expected_walk(PLUGIN_TREE)
+    assert manifest_requests(registry, "policies/moving", "v1") == asked
+
+
+def test_always_follows_a_moved_tag_and_reuses_stored_blobs(
+    driver: Driver, registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    push_klaus(registry, "policies/always:v1", PLUGIN_TREE, tmp_path / "a")
+    reference = f"{registry}/policies/always:v1"
+    publish(driver, kubelet_root, "pod-1", {"reference": reference, "pullPolicy": "Always"})
+    again = publish(driver, kubelet_root, "pod-2", {"reference": reference, "pullPolicy": "Always"})
+    assert walk(again) == expected_walk(PLUGIN_TREE)
+    assert all(count == 1 for count in blob_fetches(registry, "policies/always").values())
+    push_klaus(registry, "policies/always:v1", PERSONALITY_TREE, tmp_path / "b", kind="personality")
+    moved = publish(driver, kubelet_root, "pod-3", {"reference": reference, "pullPolicy": "Always"})
+    assert walk(moved) == expected_walk(PERSONALITY_TREE)
+    assert all(count == 1 for count in blob_fetches(registry, "policies/always").values())
+
+
+def test_latest_defaults_to_always(driver: Driver, registry: str, tmp_path: Path, kubelet_root: Path) -> None:
+    push_klaus(registry, "policies/latest:latest", PLUGIN_TREE, tmp_path / "a")
+    reference = f"{registry}/policies/latest"
+    publish(driver, kubelet_root, "pod-1", {"reference": reference})
+    push_klaus(registry, "policies/latest:latest", PERSONALITY_TREE, tmp_path / "b", kind="personality")
+    assert walk(publish(driver, kubelet_root, "pod-2", {"reference": reference})) == expected_walk(PERSONALITY_TREE)
+
+
+def test_digest_reference_needs_no_registry_once_on_the_node(tmp_path: Path, kubelet_root: Path) -> None:
+    with run_registry(tmp_path / "registry") as own:
+        pushed = push_klaus(own, "policies/pinned:v1", PLUGIN_TREE, tmp_path / "a")
+        pinned = f"{own}/policies/pinned@{pushed.digest}"
+        with run_driver(tmp_path / "driver", own, "bind") as driver:
+            first = publish(driver, kubelet_root, "pod-1", {"reference": pinned})
+    # The registry is gone now; a restarted driver on the same state dir still publishes it.
+    with run_driver(tmp_path / "driver", own, "bind") as driver:
+        again = publish(driver, kubelet_root, "pod-2", {"reference": pinned})
+        assert walk(again) == expected_walk(PLUGIN_TREE)
+        for target in (first, again):
+            driver.unpublish(unpublish_request(publish_request(target, {})))
+
+
+def test_never_refuses_what_the_node_does_not_have(driver: Driver, registry: str, tmp_path: Path, kubelet_root: Path) -> None:
+    pushed = push_klaus(registry, "policies/never:v1", PLUGIN_TREE, tmp_path / "a")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        publish(driver, kubelet_root, "pod-1", {"reference": pushed.reference, "pullPolicy": "Never"})
+    assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert blob_fetches(registry, "policies/never") == {}
