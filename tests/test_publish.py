@@ -256,3 +256,23 @@ def test_secrets_never_reach_the_log(driver: Driver, plugin, kubelet_root: Path)
     log = driver.log.read_text()
     assert "NodePublishVolume" in log
     assert secret not in log
+
+
+def test_a_stalled_registry_does_not_hold_up_other_volumes(
+    registry: str, stalled_registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    extra = ["--insecure-registry", stalled_registry, "--registry-timeout", "5"]
+    with run_driver(tmp_path, registry, "bind", extra) as d:
+        stuck = publish_request(target_for(kubelet_root, "pod-stuck", "plugin"), {"reference": f"{stalled_registry}/x:v1"})
+        good = publish_request(target_for(kubelet_root, "pod-good", "plugin"), {"reference": plugin.reference})
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(d.publish, stuck)
+            time.sleep(0.5)
+            start = time.monotonic()
+            d.publish(good)
+            assert time.monotonic() - start < 4
+            assert not waiting.done()
+            with pytest.raises(grpc.RpcError) as excinfo:
+                waiting.result()
+        assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert walk(Path(good.target_path)) == expected_walk(PLUGIN_TREE)
