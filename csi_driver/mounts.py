@@ -127,9 +127,13 @@ def unmount(target: str) -> None:
 
 
 def path_state(path: str) -> str:
-    """'missing', 'ok', or 'dead' (a mount whose FUSE server is gone: ENOTCONN)."""
+    """'missing', 'ok', or 'dead' (a mount whose FUSE server is gone: ENOTCONN).
+
+    ``statfs`` rather than ``stat``: the kernel answers ``stat`` from its attribute cache
+    even after the FUSE server died, but always asks the file system for ``statfs``.
+    """
     try:
-        os.stat(path)
+        os.statvfs(path)
     except FileNotFoundError:
         return "missing"
     except OSError as exc:

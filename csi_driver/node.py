@@ -65,7 +65,34 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeGetInfoResponse(node_id=self.node_id)
 
     def NodeGetCapabilities(self, request, context):  # noqa: N802
-        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[])
+        rpc = csi_pb2.NodeServiceCapability.RPC
+        return csi_pb2.NodeGetCapabilitiesResponse(
+            capabilities=[
+                csi_pb2.NodeServiceCapability(rpc=rpc(type=kind))
+                for kind in (rpc.GET_VOLUME_STATS, rpc.VOLUME_CONDITION)
+            ]
+        )
+
+    def NodeGetVolumeStats(self, request, context):  # noqa: N802
+        """Bytes and inodes of the volume's tree; abnormal when its mount is gone or its view dead."""
+        volume_id = check_volume_id(request.volume_id)
+        path = check_target_path(request.volume_path)
+        pub = self.publications.by_volume(volume_id)
+        if pub is None or pub.target != path:
+            raise errors.NotFound(f"volume {volume_id} is not published at {path} on this node")
+        size, entries = self.store.usage(pub.digest)
+        state = mounts.path_state(path) if mounts.find_mount(path) else "not mounted"
+        message = f"{pub.reference} ({pub.digest}) via the {pub.mode} view"
+        if state != "ok":
+            message = f"{message}: the mount is {'dead' if state == 'dead' else state}; the driver is repairing it"
+        unit = csi_pb2.VolumeUsage
+        return csi_pb2.NodeGetVolumeStatsResponse(
+            usage=[
+                unit(total=size, used=size, available=0, unit=unit.BYTES),
+                unit(total=entries, used=entries, available=0, unit=unit.INODES),
+            ],
+            volume_condition=csi_pb2.VolumeCondition(abnormal=state != "ok", message=message),
+        )
 
     def NodePublishVolume(self, request, context):  # noqa: N802
         spec = from_publish_request(request)

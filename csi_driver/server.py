@@ -26,8 +26,9 @@ from .identity import IdentityService
 from .node import NodeService
 from .publications import Publications
 from .pull import PullConfig
+from .reconcile import reconcile, watch_view
 from .store import Store
-from .views import open_view
+from .views import FuseView, open_view
 
 log = logging.getLogger("oci-volume-csi")
 
@@ -103,6 +104,8 @@ def serve(opts: ServeOptions) -> int:
     store = Store(opts.state_dir)
     view = open_view(opts.mode, store)
     publications = Publications(opts.state_dir)
+    store.remove_temp_files()
+    reconcile(publications, view)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
     csi_pb2_grpc.add_NodeServicer_to_server(
@@ -118,6 +121,8 @@ def serve(opts: ServeOptions) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if isinstance(view, FuseView):
+        threading.Thread(target=watch_view, args=(view, publications, stop), name="view-watch", daemon=True).start()
     stop.wait()
     log.info("stopping: mounts stay in place")
     server.stop(grace=5).wait()

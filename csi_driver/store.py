@@ -28,6 +28,7 @@ import errno
 import hashlib
 import os
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -241,6 +242,14 @@ class Store:
             raise
         conn.execute("COMMIT")
 
+    def remove_temp_files(self) -> None:
+        """Drop what a killed pull or extraction left in ``tmp/``; only ``serve`` calls this, at start."""
+        for leftover in (self.root / "tmp").iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
     def healthy(self) -> bool:
         try:
             self._conn().execute("SELECT 1 FROM trees LIMIT 1").fetchall()
@@ -386,6 +395,11 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (digest, now, now, len(entries), size, int(private)),
             )
+
+    def usage(self, digest: str) -> tuple[int, int]:
+        """(bytes of regular files, number of entries) of a committed tree; (0, 0) if unknown."""
+        row = self._conn().execute("SELECT bytes, entries FROM trees WHERE digest = ?", (digest,)).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
 
     def private(self, digest: str) -> bool:
         row = self._conn().execute("SELECT private FROM trees WHERE digest = ?", (digest,)).fetchone()

@@ -64,7 +64,8 @@ class FuseView:
         """Start ``oci-volume-csi fuse`` detached unless a live view is already mounted."""
         if self.live():
             return
-        os.makedirs(self.mountpoint, exist_ok=True)
+        if mounts.path_state(self.mountpoint) == "missing":  # a dead view is detached by the new server
+            os.makedirs(self.mountpoint)
         log = open(self.store.root / "fuse.log", "ab")
         subprocess.Popen(
             [sys.executable, "-m", "csi_driver", "fuse", "--state-dir", str(self.store.root)],

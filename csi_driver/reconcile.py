@@ -1,0 +1,59 @@
+"""Bring the mount table in line with the publication records, at start and when a view dies.
+
+DESIGN.md "Processes and restarts": a restarted ``serve`` repairs what is broken,
+drops records whose target is gone, and never unmounts a healthy volume. In fuse
+mode a watchdog notices a dead view within seconds, starts a new one and re-binds
+every recorded target onto it; pods whose mounts use ``HostToContainer``
+propagation then see the repair.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from . import errors, mounts
+from .publications import Publication, Publications
+from .views import BindView, FuseView
+
+log = logging.getLogger("oci-volume-csi")
+
+
+def _rebind(pub: Publication, view: BindView | FuseView) -> None:
+    """Replace whatever is at the target (a dead mount, or nothing) with a fresh bind."""
+    while mounts.find_mount(pub.target) is not None:
+        mounts.unmount(pub.target)
+    mounts.make_target(pub.target)
+    mounts.bind_readonly(view.path_for(pub.digest), pub.target)
+
+
+def reconcile(publications: Publications, view: BindView | FuseView) -> None:
+    """Repair broken recorded volumes, drop records whose target is gone."""
+    for pub in publications.all():
+        if not os.path.isdir(os.path.dirname(pub.target)):
+            log.info("dropping the record of %s: its pod directory %s is gone", pub.volume_id, pub.target)
+            publications.drop(pub.volume_id)
+            continue
+        if mounts.find_mount(pub.target) is not None and mounts.path_state(pub.target) == "ok":
+            continue
+        try:
+            _rebind(pub, view)
+            log.info("re-bound %s (%s) onto %s", pub.volume_id, pub.digest, pub.target)
+        except (errors.DriverError, OSError) as exc:
+            log.warning("could not repair %s at %s: %s", pub.volume_id, pub.target, exc)
+
+
+def watch_view(view: FuseView, publications: Publications, stop: threading.Event, interval: float = 1.0) -> None:
+    """Until ``stop``: when the FUSE view is dead, start a new one and re-bind every target."""
+    while not stop.wait(interval):
+        if view.live():
+            continue
+        log.warning("the FUSE view at %s is dead; starting a new one", view.mountpoint)
+        try:
+            view.ensure_running()
+            reconcile(publications, view)
+        except errors.DriverError as exc:
+            log.error("%s", exc.message)
+        except Exception:  # noqa: BLE001 - the watchdog must outlive any one failed repair
+            log.exception("repairing the FUSE view failed; retrying")

@@ -1,0 +1,208 @@
+"""Restarts and deaths (issue 6): real processes killed with SIGKILL, real mounts checked.
+
+A driver upgrade or crash must never break a running pod's volume (DESIGN.md
+"Processes and restarts").
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import random
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from artifacts import PLUGIN_TREE, push_image, push_klaus
+from csi_driver import mounts
+from csi_driver._pb import csi_pb2
+from driver import Driver, run_driver, walk
+from kubelet import publish_request, target_for, unpublish_request
+from test_publish import expected_walk
+
+PLUGIN_FILE = ".claude-plugin/plugin.json"
+
+
+@pytest.fixture
+def plugin(registry: str, tmp_path_factory: pytest.TempPathFactory):
+    return push_klaus(registry, "restarts/plugin:v1", PLUGIN_TREE, tmp_path_factory.mktemp("push"))
+
+
+def fuse_pids(driver: Driver) -> list[int]:
+    pattern = f"csi_driver fuse --state-dir {driver.state_dir}$"
+    return [int(pid) for pid in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+
+
+def fuse_pid(driver: Driver) -> int:
+    pids = fuse_pids(driver)
+    assert len(pids) == 1, f"expected one FUSE server for {driver.state_dir}, found {pids}"
+    return pids[0]
+
+
+def wait_until(condition, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def readable(path: Path) -> bool:
+    try:
+        return bool(path.read_bytes())
+    except OSError:
+        return False
+
+
+def stats(driver: Driver, request) -> csi_pb2.NodeGetVolumeStatsResponse:
+    return driver.node.NodeGetVolumeStats(
+        csi_pb2.NodeGetVolumeStatsRequest(volume_id=request.volume_id, volume_path=request.target_path)
+    )
+
+
+@pytest.mark.parametrize("mode", ["bind", "fuse"])
+def test_volumes_stay_readable_while_serve_is_killed_and_restarted(
+    mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    target = Path(request.target_path)
+    with run_driver(tmp_path, registry, mode) as first:
+        first.publish(request)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+        assert walk(target) == expected_walk(PLUGIN_TREE)
+        with run_driver(tmp_path, registry, mode) as second:
+            assert walk(target) == expected_walk(PLUGIN_TREE)
+            assert sum(1 for m in mounts.mount_table() if m.mount_point == str(target)) == 1
+            second.unpublish(unpublish_request(request))
+            assert mounts.find_mount(str(target)) is None
+            assert not target.exists()
+
+
+def test_sigterm_stops_serving_and_keeps_mounts(registry: str, plugin, tmp_path: Path, kubelet_root: Path) -> None:
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        d.process.send_signal(signal.SIGTERM)
+        assert d.process.wait(timeout=15) == 0
+        assert walk(Path(request.target_path)) == expected_walk(PLUGIN_TREE)
+
+
+def test_killed_fuse_server_is_replaced_and_targets_rebound(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    target = Path(request.target_path)
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        old = fuse_pid(d)
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: fuse_pids(d) not in ([], [old]) and readable(target / PLUGIN_FILE))
+        assert walk(target) == expected_walk(PLUGIN_TREE)
+        assert d.identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
+        assert stats(d, request).volume_condition.abnormal is False
+        d.unpublish(unpublish_request(request))
+
+
+def test_container_with_host_to_container_propagation_sees_the_repair(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    # The kubelet dir is a shared mount on a node; a container's view of it is a slave.
+    subprocess.run(["mount", "--bind", str(kubelet_root), str(kubelet_root)], check=True)
+    subprocess.run(["mount", "--make-shared", str(kubelet_root)], check=True)
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    plugin_json = Path(request.target_path) / PLUGIN_FILE
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        container = subprocess.Popen(["unshare", "-m", "--propagation", "slave", "sleep", "120"])
+        try:
+            time.sleep(0.2)
+            in_container = ["nsenter", "-t", str(container.pid), "-m", "cat", str(plugin_json)]
+            expected = PLUGIN_TREE[PLUGIN_FILE][0]
+            assert subprocess.run(in_container, capture_output=True).stdout == expected
+            old = fuse_pid(d)
+            os.kill(old, signal.SIGKILL)
+            wait_until(lambda: subprocess.run(in_container, capture_output=True).stdout == expected)
+        finally:
+            container.kill()
+            container.wait()
+        d.unpublish(unpublish_request(request))
+    subprocess.run(["umount", "-l", str(kubelet_root)], check=False)
+
+
+def test_unpublish_succeeds_when_the_view_is_dead(registry: str, plugin, tmp_path: Path, kubelet_root: Path) -> None:
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        os.kill(fuse_pid(d), signal.SIGKILL)
+        time.sleep(0.05)
+        d.unpublish(unpublish_request(request))
+        assert mounts.find_mount(request.target_path) is None
+        assert not Path(request.target_path).exists()
+
+
+def test_volume_stats_report_bytes_inodes_and_a_dead_view(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        healthy = stats(d, request)
+        files = [c for c, _ in PLUGIN_TREE.values() if isinstance(c, bytes)]
+        by_unit = {u.unit: u for u in healthy.usage}
+        assert by_unit[csi_pb2.VolumeUsage.BYTES].used == sum(len(c) for c in files)
+        assert by_unit[csi_pb2.VolumeUsage.INODES].used == len(PLUGIN_TREE) + 1
+        assert healthy.volume_condition.abnormal is False
+        os.kill(fuse_pid(d), signal.SIGKILL)
+        time.sleep(0.05)
+        assert stats(d, request).volume_condition.abnormal is True
+        with pytest.raises(grpc.RpcError) as excinfo:
+            d.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_id="csi-unknown", volume_path="/x"))
+        assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def big_layer(size: int) -> bytes:
+    """An uncompressed tar of incompressible files: slow enough to kill a pull in the middle."""
+    rng = random.Random(6)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(size // (1 << 20)):
+            info = tarfile.TarInfo(f"data/{i:04d}.bin")
+            info.size = 1 << 20
+            tar.addfile(info, io.BytesIO(rng.randbytes(1 << 20)))
+    return buf.getvalue()
+
+
+def test_pull_killed_midway_leaves_nothing_and_the_next_publish_is_exact(
+    registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    layer = big_layer(160 << 20)
+    pushed = push_image(registry, "restarts/big:v1", [(layer, "application/vnd.oci.image.layer.v1.tar")], tmp_path / "push")
+    request = publish_request(target_for(kubelet_root, "pod-1", "image"), {"reference": pushed.reference})
+    # A slow registry read budget is not needed: the kill lands while bytes stream to tmp/.
+    with run_driver(tmp_path, registry, "bind") as first:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            call = pool.submit(first.publish, request)
+            tmp = first.state_dir / "tmp"
+            wait_until(lambda: any(p.stat().st_size > 0 for p in tmp.iterdir()), timeout=30)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait()
+            with pytest.raises(grpc.RpcError):
+                call.result()
+        assert list(tmp.iterdir()), "the kill should have left a partial temp file"
+        with run_driver(tmp_path, registry, "bind") as second:
+            assert list(tmp.iterdir()) == []
+            second.publish(request)
+            target = Path(request.target_path)
+            assert (target / "data/0007.bin").read_bytes() == layer[
+                layer.index(b"data/0007.bin") + 512 : layer.index(b"data/0007.bin") + 512 + (1 << 20)
+            ]
+            assert len(os.listdir(target / "data")) == 160
+            second.unpublish(unpublish_request(request))
