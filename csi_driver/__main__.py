@@ -48,6 +48,24 @@ def _parser() -> argparse.ArgumentParser:
         default="/etc/containerd/certs.d",
         help="containerd hosts.toml directory (mirrors, CAs); not read yet",
     )
+    serve.add_argument(
+        "--docker-config",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="node docker config.json whose auths are used after the pod's secret (repeatable, in order; "
+        "default /var/lib/kubelet/config.json, then $HOME/.docker/config.json)",
+    )
+    serve.add_argument(
+        "--image-credential-provider-config",
+        type=Path,
+        metavar="FILE",
+        help="the kubelet's CredentialProviderConfig (YAML or JSON); needs --image-credential-provider-bin-dir",
+    )
+    serve.add_argument(
+        "--image-credential-provider-bin-dir", type=Path, metavar="DIR", help="where the credential provider plugins are"
+    )
     serve.add_argument("--platform", default="", help="os/arch[/variant] to pick from indexes (default: the node's)")
     serve.add_argument("--registry-timeout", type=float, default=30.0, help="seconds without bytes before a registry request fails (default 30)")
     serve.add_argument("--max-manifest-bytes", type=_size, default=4 << 20, help="largest manifest accepted (default 4MiB)")
@@ -61,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and (args.image_credential_provider_config is None) != (
+        args.image_credential_provider_bin_dir is None
+    ):
+        parser.error("--image-credential-provider-config and --image-credential-provider-bin-dir go together")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -71,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         fusefs.run(Path(args.state_dir))
         return 0
     from . import layout, manifest
+    from .credentials import CredentialSources, default_docker_configs
     from .pull import PullConfig
     from .registry import RegistryConfig
     from .server import ServeOptions, serve
@@ -94,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             mode=args.mode,
             driver_name=args.driver_name,
             pull=pull,
+            credentials=CredentialSources(
+                docker_configs=tuple(args.docker_config) or default_docker_configs(),
+                provider_config=args.image_credential_provider_config,
+                provider_bin_dir=args.image_credential_provider_bin_dir,
+            ),
         )
     )
 

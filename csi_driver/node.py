@@ -14,9 +14,10 @@ import os
 import threading
 from collections.abc import Iterator
 
-from . import credentials, errors, mounts
+from . import errors, mounts
 from ._pb import csi_pb2, csi_pb2_grpc
 from .authorize import AccessChecks
+from .credentials import Keyring
 from .publications import Publication, Publications
 from .pull import PullConfig, pull
 from .spec import check_target_path, check_volume_id, from_publish_request
@@ -52,12 +53,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         publications: Publications,
         view: BindView | FuseView,
         pull_config: PullConfig,
+        keyring: Keyring,
     ) -> None:
         self.node_id = node_id
         self.store = store
         self.publications = publications
         self.view = view
         self.pull_config = pull_config
+        self.keyring = keyring
         self.locks = VolumeLocks()
         self.access = AccessChecks()
 
@@ -105,7 +108,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 )
             if existing and mounts.find_mount(spec.target_path):
                 return csi_pb2.NodePublishVolumeResponse()
-            creds = credentials.from_secrets(spec.secrets, spec.reference.registry)
+            creds = self.keyring.for_pod(spec.secrets, spec.reference)
             digest = pull(
                 self.store, spec.reference, spec.pull_policy, creds, self.pull_config, self.access, spec.platform
             )

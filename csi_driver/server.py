@@ -15,13 +15,14 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import text_format
 
 from . import errors
 from ._pb import csi_pb2_grpc
+from .credentials import CredentialSources, Keyring
 from .identity import IdentityService
 from .node import NodeService
 from .publications import Publications
@@ -89,6 +90,7 @@ class ServeOptions:
     mode: str
     driver_name: str
     pull: PullConfig
+    credentials: CredentialSources = field(default_factory=CredentialSources)
     workers: int = 16
 
 
@@ -109,7 +111,7 @@ def serve(opts: ServeOptions) -> int:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
     csi_pb2_grpc.add_NodeServicer_to_server(
-        NodeService(opts.node_id, store, publications, view, opts.pull), server
+        NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials)), server
     )
     path = socket_path(opts.endpoint)
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -6,9 +6,9 @@ import base64
 import json
 
 import pytest
+from test_keyring import from_secrets
 
 from csi_driver import errors
-from csi_driver.credentials import from_secrets
 
 
 def dockerconfigjson(auths: dict) -> dict[str, str]:
