@@ -19,6 +19,18 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _min_free(text: str) -> float | int:
+    """``10%`` (a fraction of the state dir's file system) or a size like ``5GiB``."""
+    return float(text[:-1]) / 100 if text.endswith("%") else _size(text)
+
+
+def _budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-max-bytes", type=_size, default=None, help="most bytes the store may hold (default: no limit)")
+    parser.add_argument(
+        "--cache-min-free", type=_min_free, default=0.10, help="free space to keep on the state dir's file system, e.g. 10%% or 5GiB (default 10%%)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oci-volume-csi", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -73,8 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-entries", type=int, default=1_000_000, help="most archive entries in one artifact (default 1000000)")
     serve.add_argument("--max-unpacked-bytes", type=_size, default=64 << 30, help="largest unpacked artifact (default 64GiB)")
 
+    _budget_flags(serve)
+
     fuse = sub.add_parser("fuse", help="serve the store's trees as a FUSE view at STATE_DIR/view")
     fuse.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+
+    cache = sub.add_parser("cache", help="inspect and manage the content store")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    gc = cache_sub.add_parser("gc", help="remove unused content, least recently used first, until within budget")
+    gc.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    gc.add_argument("--grace", type=float, default=300.0, help="keep content used in the last N seconds (default 300)")
+    _budget_flags(gc)
     return parser
 
 
@@ -93,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
         fusefs.run(Path(args.state_dir))
         return 0
+    from .cache import Budget
+    if args.command == "cache":
+        return _cache_gc(args, Budget(args.cache_max_bytes, args.cache_min_free, args.grace))
     from . import layout, manifest
     from .credentials import CredentialSources, default_docker_configs
     from .pull import PullConfig
@@ -123,8 +147,25 @@ def main(argv: list[str] | None = None) -> int:
                 provider_config=args.image_credential_provider_config,
                 provider_bin_dir=args.image_credential_provider_bin_dir,
             ),
+            budget=Budget(args.cache_max_bytes, args.cache_min_free),
         )
     )
+
+
+def _cache_gc(args: argparse.Namespace, budget: object) -> int:
+    from .cache import collect
+    from .publications import Publications
+    from .store import Store
+
+    store = Store(Path(args.state_dir))
+    in_use = {pub.digest for pub in Publications(Path(args.state_dir)).all()}
+    report = collect(store, in_use, budget)  # type: ignore[arg-type]
+    for digest in report.removed:
+        print(f"removed {digest}")
+    print(f"freed {report.freed_bytes} bytes; {report.cache_bytes} bytes cached, {len(in_use)} digests in use")
+    if report.over_budget_bytes:
+        print(f"still {report.over_budget_bytes} bytes over budget: the rest is in use")
+    return 0
 
 
 if __name__ == "__main__":

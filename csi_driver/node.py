@@ -63,6 +63,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.keyring = keyring
         self.locks = VolumeLocks()
         self.access = AccessChecks()
+        self.content_added = threading.Event()  # wakes the cache collector after a publish
 
     def NodeGetInfo(self, request, context):  # noqa: N802 (gRPC method names)
         return csi_pb2.NodeGetInfoResponse(node_id=self.node_id)
@@ -126,6 +127,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 )
             )
             self.store.touch(digest)
+        self.content_added.set()
         return csi_pb2.NodePublishVolumeResponse()
 
     @staticmethod

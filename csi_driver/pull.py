@@ -150,7 +150,9 @@ def _ensure_tree(
             )
         layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
         _ensure_layers(store, client, ref, layers, cfg.limits)
-        store.commit_tree(digest, layout.build_tree(store.root, layers, cfg.limits), private=private)
+        entries = layout.build_tree(store.root, layers, cfg.limits)
+        blobs = {top, digest, *(layer.digest for layer in layers)}
+        store.commit_tree(digest, entries, private=private, blobs=sorted(blobs))
     return digest
 
 

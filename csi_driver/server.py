@@ -22,6 +22,7 @@ from google.protobuf import text_format
 
 from . import errors
 from ._pb import csi_pb2_grpc
+from .cache import Budget, keep_within_budget
 from .credentials import CredentialSources, Keyring
 from .identity import IdentityService
 from .node import NodeService
@@ -91,6 +92,7 @@ class ServeOptions:
     driver_name: str
     pull: PullConfig
     credentials: CredentialSources = field(default_factory=CredentialSources)
+    budget: Budget = field(default_factory=Budget)
     workers: int = 16
 
 
@@ -107,12 +109,12 @@ def serve(opts: ServeOptions) -> int:
     view = open_view(opts.mode, store)
     publications = Publications(opts.state_dir)
     store.remove_temp_files()
+    store.remove_unused_blobs(older_than=time.time())  # nothing is in flight yet: partial pulls go
     reconcile(publications, view)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
-    csi_pb2_grpc.add_NodeServicer_to_server(
-        NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials)), server
-    )
+    node = NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials))
+    csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     path = socket_path(opts.endpoint)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path):
@@ -125,6 +127,11 @@ def serve(opts: ServeOptions) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if isinstance(view, FuseView):
         threading.Thread(target=watch_view, args=(view, publications, stop), name="view-watch", daemon=True).start()
+    def in_use() -> set[str]:
+        return {pub.digest for pub in publications.all()}
+
+    collector = (store, in_use, opts.budget, stop, node.content_added)
+    threading.Thread(target=keep_within_budget, args=collector, name="cache-gc", daemon=True).start()
     stop.wait()
     log.info("stopping: mounts stay in place")
     server.stop(grace=5).wait()

@@ -72,6 +72,11 @@ CREATE TABLE IF NOT EXISTS entries (
     offset INTEGER NOT NULL,
     PRIMARY KEY (tree, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree_blobs (
+    tree TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    PRIMARY KEY (tree, blob)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS resolutions (
     reference TEXT NOT NULL,
     platform TEXT NOT NULL,
@@ -374,10 +379,13 @@ class Store:
         row = self._conn().execute("SELECT 1 FROM trees WHERE digest = ?", (digest,)).fetchone()
         return row is not None
 
-    def commit_tree(self, digest: str, entries: Sequence[Entry], private: bool = False) -> None:
+    def commit_tree(
+        self, digest: str, entries: Sequence[Entry], private: bool = False, blobs: Sequence[str] = ()
+    ) -> None:
         """Record a complete tree; from now on views may serve it.
 
         ``private``: it was pulled with credentials, so other pods must prove access.
+        ``blobs``: every blob the tree needs (index, manifest, layers), kept while it lives.
         """
         now = time.time()
         size = sum(e.size for e in entries if e.kind is Kind.FILE)
@@ -390,6 +398,7 @@ class Store:
                     for e in entries
                 ),
             )
+            db.executemany("INSERT OR IGNORE INTO tree_blobs VALUES (?, ?)", ((digest, b) for b in blobs))
             db.execute(
                 "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes, private) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -419,6 +428,41 @@ class Store:
     def touch(self, digest: str) -> None:
         with self._db() as db:
             db.execute("UPDATE trees SET last_used = ? WHERE digest = ?", (time.time(), digest))
+
+    # -- garbage collection -----------------------------------------------------------
+
+    def trees_by_age(self) -> list[tuple[str, float]]:
+        """(digest, last used) of every committed tree, least recently used first."""
+        return list(self._conn().execute("SELECT digest, last_used FROM trees ORDER BY last_used, digest"))
+
+    def stored_bytes(self) -> int:
+        """Bytes of blobs and inflated layer tars on disk."""
+        row = self._conn().execute("SELECT COALESCE(SUM(size + COALESCE(decoded_size, 0)), 0) FROM blobs").fetchone()
+        return int(row[0])
+
+    def remove_tree(self, digest: str) -> None:
+        """Forget a tree: views stop offering it; its blobs go with the next ``remove_unused_blobs``."""
+        with self._db() as db:
+            for table, column in (("trees", "digest"), ("entries", "tree"), ("tree_blobs", "tree"), ("resolutions", "digest")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (digest,))
+
+    def remove_unused_blobs(self, older_than: float) -> int:
+        """Delete blobs no tree needs that were fetched before ``older_than``; return bytes freed.
+
+        The age limit protects a pull in flight, whose blobs are stored before its tree
+        is committed.
+        """
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT digest, size + COALESCE(decoded_size, 0) FROM blobs "
+                "WHERE fetched_at < ? AND digest NOT IN (SELECT blob FROM tree_blobs)",
+                (older_than,),
+            ).fetchall()
+            db.executemany("DELETE FROM blobs WHERE digest = ?", ((d,) for d, _ in rows))
+        for digest, _ in rows:
+            for rel in (blob_relpath(digest), decoded_relpath(digest)):
+                (self.root / rel).unlink(missing_ok=True)
+        return sum(size for _, size in rows)
 
     # -- resolutions ------------------------------------------------------------------
 

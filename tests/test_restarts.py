@@ -168,9 +168,9 @@ def test_volume_stats_report_bytes_inodes_and_a_dead_view(
         assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def big_layer(size: int) -> bytes:
-    """An uncompressed tar of incompressible files: slow enough to kill a pull in the middle."""
-    rng = random.Random(6)
+def big_layer(size: int, seed: int = 6) -> bytes:
+    """An uncompressed tar of incompressible 1 MiB files: slow enough to kill a pull in the middle."""
+    rng = random.Random(seed)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for i in range(size // (1 << 20)):

@@ -1,0 +1,105 @@
+"""Cache budget: remove least-recently-used content no publication uses, until under budget.
+
+``--cache-max-bytes`` caps what the store holds; ``--cache-min-free`` keeps that much
+of the state dir's file system free (a fraction like ``10%`` or a size). Content in
+use is never removed, even when that leaves the budget exceeded: a log line says so.
+Blobs shared by several artifacts stay while any of them needs one (the store
+keeps which blobs each tree needs). A tree used in the last ``grace`` seconds is
+kept too, so a publish between its pull and its record cannot lose its content.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import bindview
+from .store import Store
+
+log = logging.getLogger("oci-volume-csi")
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_bytes: int | None = None
+    min_free: float | int = 0.10  # a float is a fraction of the file system, an int bytes
+    grace: float = 300.0
+
+
+@dataclass
+class Report:
+    removed: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    cache_bytes: int = 0
+    over_budget_bytes: int = 0
+
+
+def cache_bytes(store: Store) -> int:
+    """What the store holds on disk: blobs, inflated layers, and extracted bind-mode trees."""
+    trees = sum(store.usage(d)[0] for d in store.committed_digests() if bindview.tree_dir(store.root, d).is_dir())
+    return store.stored_bytes() + trees
+
+
+def _excess(store: Store, budget: Budget) -> int:
+    """Bytes to free to meet the budget (0 when met)."""
+    excess = 0
+    if budget.max_bytes is not None:
+        excess = cache_bytes(store) - budget.max_bytes
+    fs = os.statvfs(store.root)
+    total, free = fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+    wanted_free = int(total * budget.min_free) if isinstance(budget.min_free, float) else budget.min_free
+    return max(excess, wanted_free - free, 0)
+
+
+def collect(store: Store, in_use: set[str], budget: Budget) -> Report:
+    """Remove unused trees, least recently used first, while the budget is exceeded."""
+    report = Report()
+    now = time.time()
+    for digest, last_used in store.trees_by_age():
+        if _excess(store, budget) <= 0:
+            break
+        if digest in in_use or last_used > now - budget.grace:
+            continue
+        with store.single_flight(digest):
+            before = cache_bytes(store)
+            store.remove_tree(digest)
+            shutil.rmtree(bindview.tree_dir(store.root, digest), ignore_errors=True)
+            store.remove_unused_blobs(older_than=now - budget.grace)
+            report.freed_bytes += before - cache_bytes(store)
+        report.removed.append(digest)
+        log.info("cache: removed %s, unused since %s", digest, time.strftime("%F %T", time.localtime(last_used)))
+    report.cache_bytes = cache_bytes(store)
+    report.over_budget_bytes = _excess(store, budget)
+    if report.over_budget_bytes:
+        log.warning(
+            "cache: still %d bytes over budget (%d bytes cached); what remains is in use or used in the last %.0f s",
+            report.over_budget_bytes, report.cache_bytes, budget.grace,
+        )  # fmt: skip
+    return report
+
+
+def keep_within_budget(
+    store: Store,
+    in_use: Callable[[], set[str]],
+    budget: Budget,
+    stop: threading.Event,
+    wake: threading.Event,
+    interval: float = 60.0,
+    min_gap: float = 5.0,
+) -> None:
+    """Collect every ``interval`` seconds and when woken (after a publish), at most every ``min_gap``."""
+    while not stop.is_set():
+        wake.wait(interval)
+        wake.clear()
+        if stop.is_set():
+            return
+        try:
+            collect(store, in_use(), budget)
+        except Exception:  # noqa: BLE001 - a failed round must not end collection for good
+            log.exception("cache: collection failed; retrying later")
+        stop.wait(min_gap)

@@ -1,0 +1,96 @@
+"""Cache budget and garbage collection, and a full disk, against the real driver and registry."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from artifacts import PLUGIN_TREE, push_image, push_klaus
+from csi_driver import bindview, mounts
+from csi_driver.cache import cache_bytes
+from csi_driver.store import Store
+from driver import run_driver, walk
+from kubelet import publish_request, target_for, unpublish_request
+from test_publish import expected_walk
+from test_restarts import big_layer
+
+TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def cache_gc(state: Path, *flags: str) -> str:
+    cmd = [sys.executable, "-m", "csi_driver", "cache", "gc", "--state-dir", str(state), "--grace", "0", *flags]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
+    registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    shared = big_layer(1 << 20, seed=1)
+    own = [big_layer(1 << 20, seed=10 + i) for i in range(3)]
+    images = [
+        push_image(registry, f"cache/image-{i}:v1", [(shared, TAR), (own[i], TAR)], tmp_path / f"p{i}") for i in range(3)
+    ]
+    requests = [
+        publish_request(target_for(kubelet_root, f"pod-{i}", "image"), {"reference": image.reference})
+        for i, image in enumerate(images)
+    ]
+    with run_driver(tmp_path, registry, "bind") as d:
+        for request in requests:
+            d.publish(request)
+        for request in requests[:2]:
+            d.unpublish(unpublish_request(request))
+        store = Store(d.state_dir)
+        oldest, middle, in_use = (digest for digest, _ in store.trees_by_age())
+
+        out = cache_gc(d.state_dir, "--cache-max-bytes", str(cache_bytes(store) - 1))
+        assert f"removed {oldest}" in out and middle not in out
+        assert store.committed_digests() == sorted([middle, in_use])
+        assert not store.has_blob(sha256(own[0])) and store.has_blob(sha256(shared))
+        assert not bindview.tree_dir(d.state_dir, oldest).exists()
+
+        out = cache_gc(d.state_dir, "--cache-max-bytes", "1")
+        assert f"removed {middle}" in out and "over budget" in out
+        assert store.committed_digests() == [in_use]
+        assert store.has_blob(sha256(shared)) and store.has_blob(sha256(own[2]))
+        assert (Path(requests[2].target_path) / "data/0000.bin").read_bytes() == own[2][512 : 512 + (1 << 20)]
+
+        again = publish_request(target_for(kubelet_root, "pod-again", "image"), {"reference": images[0].reference})
+        d.publish(again)
+        assert (Path(again.target_path) / "data/0000.bin").read_bytes() == own[0][512 : 512 + (1 << 20)]
+
+
+def test_full_disk_is_resource_exhausted_cleans_up_and_keeps_serving(
+    registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    plugin = push_klaus(registry, "cache/small:v1", PLUGIN_TREE, tmp_path / "small")
+    huge = push_image(registry, "cache/huge:v1", [(big_layer(24 << 20, seed=3), TAR)], tmp_path / "huge")
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(state)], check=True)
+    try:
+        with run_driver(tmp_path, registry, "bind") as d:
+            first = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+            d.publish(first)
+            failing = publish_request(target_for(kubelet_root, "pod-2", "image"), {"reference": huge.reference})
+            with pytest.raises(grpc.RpcError) as excinfo:
+                d.publish(failing)
+            assert excinfo.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "state dir" in excinfo.value.details()
+            assert list((state / "tmp").iterdir()) == []
+            assert not Store(state).committed(huge.digest)
+            assert mounts.find_mount(failing.target_path) is None
+            again = publish_request(target_for(kubelet_root, "pod-3", "plugin"), {"reference": plugin.reference})
+            d.publish(again)
+            assert walk(Path(again.target_path)) == expected_walk(PLUGIN_TREE)
+            assert walk(Path(first.target_path)) == expected_walk(PLUGIN_TREE)
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
