@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--registry-config-dir",
-        default="/etc/containerd/certs.d",
-        help="containerd hosts.toml directory (mirrors, CAs); not read yet",
+        type=Path,
+        default=Path("/etc/containerd/certs.d"),
+        help="containerd's hosts.toml directory: mirrors, CAs, client certs (default /etc/containerd/certs.d)",
     )
     serve.add_argument(
         "--docker-config",
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--platform", default="", help="os/arch[/variant] to pick from indexes (default: the node's)")
     serve.add_argument("--registry-timeout", type=float, default=30.0, help="seconds without bytes before a registry request fails (default 30)")
+    serve.add_argument("--pull-timeout", type=float, default=300.0, help="seconds one pull may spend on registries in all (default 300)")
     serve.add_argument("--max-manifest-bytes", type=_size, default=4 << 20, help="largest manifest accepted (default 4MiB)")
     serve.add_argument("--max-layers", type=int, default=128, help="most layers in one artifact (default 128)")
     serve.add_argument("--max-entries", type=int, default=1_000_000, help="most archive entries in one artifact (default 1000000)")
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             insecure_hosts=frozenset(args.insecure_registry),
             timeout=args.registry_timeout,
             max_manifest_bytes=args.max_manifest_bytes,
+            pull_timeout=args.pull_timeout,
+            config_dir=args.registry_config_dir,
         ),
         platform=check_platform(args.platform) if args.platform else manifest.node_platform(),
         limits=layout.Limits(max_entries=args.max_entries, max_unpacked_bytes=args.max_unpacked_bytes),

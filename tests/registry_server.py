@@ -17,7 +17,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import bcrypt
-import requests
+
+from certs import KeyPair
+
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 _logs: dict[str, Path] = {}
@@ -33,12 +35,22 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def run_registry(
-    tmp_dir: str | os.PathLike[str], htpasswd: Mapping[str, str] | None = None
+    tmp_dir: str | os.PathLike[str],
+    htpasswd: Mapping[str, str] | None = None,
+    *,
+    auth: Mapping | None = None,
+    tls: KeyPair | None = None,
+    client_ca: Path | None = None,
+    storage: Path | None = None,
 ) -> Iterator[str]:
-    """Run a registry storing under ``tmp_dir``; yield its ``127.0.0.1:PORT``.
+    """Run a registry storing under ``tmp_dir`` (or ``storage``); yield its ``127.0.0.1:PORT``.
 
     ``htpasswd`` maps user names to passwords; when given, the registry demands basic auth
-    for everything, as a private registry does.
+    for everything, as a private registry does. ``auth`` is any other ``auth:`` section (token
+    auth: ``TokenServer.registry_auth()``). ``tls`` serves HTTPS with that certificate, and
+    ``client_ca`` then demands client certificates it signed. Two registries given the same
+    ``storage`` (one after the other) serve the same content: push in plain HTTP without auth,
+    then serve it the way the test needs.
     """
     if not os.access(REGISTRY_BIN, os.X_OK):
         raise RuntimeError(
@@ -46,12 +58,14 @@ def run_registry(
             "(apt-get install docker-registry); the registry tests need a real registry"
         )
     tmp = Path(tmp_dir)
-    (tmp / "storage").mkdir(parents=True, exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    storage = storage or tmp / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config: dict = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": False}},
-        "storage": {"filesystem": {"rootdirectory": str(tmp / "storage")}},
+        "storage": {"filesystem": {"rootdirectory": str(storage)}},
         "http": {"addr": f"127.0.0.1:{port}"},
     }
     if htpasswd is not None:
@@ -63,6 +77,12 @@ def run_registry(
             )
         )
         config["auth"] = {"htpasswd": {"realm": "test-registry", "path": str(users)}}
+    if auth is not None:
+        config["auth"] = dict(auth)
+    if tls is not None:
+        config["http"]["tls"] = {"certificate": str(tls.cert), "key": str(tls.key)}
+        if client_ca is not None:
+            config["http"]["tls"]["clientcas"] = [str(client_ca)]
     config_path = tmp / "registry.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log_path = tmp / "registry.log"
@@ -71,7 +91,7 @@ def run_registry(
             [REGISTRY_BIN, "serve", str(config_path)], stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        _wait_until_up(process, f"http://127.0.0.1:{port}/v2/", log_path)
+        _wait_until_up(process, f"127.0.0.1:{port}", log_path)
         _logs[f"127.0.0.1:{port}"] = log_path
         yield f"127.0.0.1:{port}"
     finally:
@@ -83,20 +103,21 @@ def run_registry(
             process.wait()
 
 
-def _wait_until_up(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    """Poll /v2/ until it answers (200, or 401 with auth on), or fail with the registry's log."""
+def _wait_until_up(process: subprocess.Popen, address: str, log_path: Path) -> None:
+    """Wait until the registry accepts connections (it serves as soon as it listens), or fail
+    with the registry's log. A TCP connect works the same for plain HTTP, TLS and client TLS."""
+    host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
                 f"docker-registry exited with {process.returncode}:\n{log_path.read_text()}"
             )
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(url, timeout=1).status_code in (200, 401):
-                return
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            return
         time.sleep(0.05)
     raise RuntimeError(
-        f"docker-registry did not answer {url} within {_START_TIMEOUT:g} s:\n{log_path.read_text()}"
+        f"docker-registry did not listen on {address} within {_START_TIMEOUT:g} s:\n{log_path.read_text()}"
     )
 
 

@@ -1,8 +1,8 @@
 """The registry client against a real docker-registry, and a scripted server for the rest.
 
 The real registry covers what a pod meets every day (tags, digests, blobs, basic auth, plain
-HTTP). What it cannot be made to do (Bearer tokens, 5xx, redirects to object storage, lying
-about a digest, stalling) is scripted with a small HTTP server in this file.
+HTTP). What it cannot be made to do (5xx, redirects to object storage, lying about a digest,
+stalling) is scripted with ``stub_registry``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ import base64
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import oras.client
 import pytest
@@ -27,7 +24,10 @@ import requests
 from csi_driver import errors, registry
 from csi_driver.reference import Reference, parse_reference
 from csi_driver.registry import RegistryClient, RegistryConfig
+
 from registry_server import free_port, run_registry
+from stub_registry import Answer, FakeRegistry, Seen, serve_stub
+
 
 USER, PASSWORD = "alice", "pa55-word-never-shown"
 
@@ -58,6 +58,13 @@ def push_file(tmp: Path, host: str, name: str, data: bytes, oras_client) -> Push
         manifest_digest=response.headers["Docker-Content-Digest"],
         blob=data,
     )
+
+
+def pull_file(client: RegistryClient, ref: Reference) -> bytes:
+    """Resolve ``ref``, fetch its manifest and return its one layer's bytes, as a pull does."""
+    manifest = client.fetch_manifest(ref, client.resolve(ref))
+    with client.open_blob(ref, json.loads(manifest.data)["layers"][0]["digest"]) as chunks:
+        return b"".join(chunks)
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +205,8 @@ def test_docker_hub_names_go_to_its_api_host_over_https(monkeypatch):
 
 def test_basic_auth_with_the_right_credentials_works(private):
     client = client_for(private.host, (USER, PASSWORD))
-    digest = client.resolve(private.ref)
-    assert digest == private.manifest_digest
-    manifest = client.fetch_manifest(private.ref, digest)
-    blob_digest = json.loads(manifest.data)["layers"][0]["digest"]
-    with client.open_blob(private.ref, blob_digest) as chunks:
-        assert b"".join(chunks) == private.blob
+    assert client.resolve(private.ref) == private.manifest_digest
+    assert pull_file(client, private.ref) == private.blob
 
 
 def test_wrong_credentials_are_permission_denied_without_the_password(private):
@@ -224,73 +227,12 @@ def test_no_credentials_for_a_private_registry_is_permission_denied(private):
 
 # --- a scripted server, for what a real registry will not do on demand ----------------------
 
-Answer = tuple[int, dict[str, str], bytes]
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-
-@dataclass
-class FakeRegistry:
-    """Answers each (method, path) from a script; the last answer of a script repeats.
-
-    An answer is ``(status, headers, body)`` or a function of the request that returns one.
-    """
-
-    host: str = ""
-    scripts: dict[tuple[str, str], list] = field(default_factory=dict)
-    seen: list[Seen] = field(default_factory=list)
-
-    def on(self, method: str, path: str, *answers: Answer | Callable[[Seen], Answer]) -> None:
-        self.scripts[(method, path)] = list(answers)
-
-    def answer(self, request: Seen) -> Answer:
-        self.seen.append(request)
-        script = self.scripts.get((request.method, request.path), [(404, {}, b"")])
-        answer = script.pop(0) if len(script) > 1 else script[0]
-        return answer(request) if callable(answer) else answer
-
-    def count(self, method: str, path: str) -> int:
-        return sum(1 for s in self.seen if (s.method, s.path) == (method, path))
-
-
 @pytest.fixture
 def fake(monkeypatch) -> Iterator[FakeRegistry]:
     """A scripted registry on a fresh port, with no pooled session left from another test."""
     monkeypatch.setattr(registry, "_SESSIONS", {})
-    scripted = FakeRegistry()
-
-    class Handler(BaseHTTPRequestHandler):
-        def handle_one(self) -> None:
-            url = urlsplit(self.path)
-            seen = Seen(self.command, url.path, parse_qs(url.query), dict(self.headers))
-            status, headers, body = scripted.answer(seen)
-            self.send_response(status)
-            headers = {"Content-Length": str(len(body)), **headers}
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        do_GET = do_HEAD = handle_one
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    scripted.host = f"127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield scripted
-    server.shutdown()
-    server.server_close()
+    with serve_stub() as scripted:
+        yield scripted
 
 
 MANIFEST = b'{"schemaVersion":2,"layers":[]}'
