@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from namespace import enter_private_namespace
 
 
@@ -31,6 +30,26 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with run_registry(tmp_path_factory.mktemp("registry")) as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registry that demands basic auth (private_registry.USER / PASSWORD)."""
+    from private_registry import PASSWORD, USER
+    from registry_server import run_registry
+
+    with run_registry(tmp_path_factory.mktemp("private"), htpasswd={USER: PASSWORD}) as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def private_plugin(private_registry: str, tmp_path_factory: pytest.TempPathFactory):
+    """A Klaus plugin pushed to the private registry."""
+    from artifacts import PLUGIN_TREE, push_klaus
+    from private_registry import PASSWORD, USER
+
+    workdir = tmp_path_factory.mktemp("push-private")
+    return push_klaus(private_registry, "private/plugin:v1", PLUGIN_TREE, workdir, credentials=(USER, PASSWORD))
 
 
 @pytest.fixture

@@ -10,31 +10,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from artifacts import PLUGIN_TREE, push_klaus
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for
+from private_registry import PASSWORD, USER
 from registry_server import run_registry
 from test_publish import expected_walk
-
-USER, PASSWORD = "robot", "pod-secret-Zq8u"
 
 
 def pull_secret(user: str, password: str, registry: str) -> dict[str, str]:
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {".dockerconfigjson": json.dumps({"auths": {registry: {"auth": auth}}})}
-
-
-@pytest.fixture(scope="module")
-def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_registry(tmp_path_factory.mktemp("private"), htpasswd={USER: PASSWORD}) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def private_plugin(private_registry: str, tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("push-private")
-    return push_klaus(private_registry, "private/plugin:v1", PLUGIN_TREE, workdir, credentials=(USER, PASSWORD))
 
 
 @pytest.fixture

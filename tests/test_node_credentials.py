@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-
-from artifacts import PLUGIN_TREE, push_klaus
+from artifacts import PLUGIN_TREE
 from driver import run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
-from registry_server import run_registry
+from private_registry import PASSWORD, USER
 from test_publish import expected_walk
-
-USER, PASSWORD = "node-robot", "n0de-pw-Kx3v"
 
 PROVIDER = f"""#!{sys.executable}
 import json, sys
@@ -36,18 +32,6 @@ print(json.dumps({{
     "auth": {{registry: {{"username": sys.argv[1], "password": sys.argv[2]}}}},
 }}))
 """
-
-
-@pytest.fixture(scope="module")
-def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_registry(tmp_path_factory.mktemp("node-creds"), htpasswd={USER: PASSWORD}) as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def private_plugin(private_registry: str, tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("push-node-creds")
-    return push_klaus(private_registry, "node-creds/plugin:v1", PLUGIN_TREE, workdir, credentials=(USER, PASSWORD))
 
 
 def docker_config_flags(tmp_path: Path, registry: str) -> list[str]:
