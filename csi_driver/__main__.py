@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-from . import DEFAULT_DRIVER_NAME, DEFAULT_STATE_DIR, __version__
+from . import DEFAULT_DRIVER_NAME, DEFAULT_STATE_DIR, __version__, logs
 
 
 def _size(text: str) -> int:
@@ -35,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oci-volume-csi", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level DEBUG")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="text for humans (default) or one JSON object per line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the CSI node plugin on a unix socket")
@@ -87,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-entries", type=int, default=1_000_000, help="most archive entries in one artifact (default 1000000)")
     serve.add_argument("--max-unpacked-bytes", type=_size, default=64 << 30, help="largest unpacked artifact (default 64GiB)")
 
+    serve.add_argument("--metrics-address", default="", metavar="[HOST]:PORT", help="serve Prometheus metrics here, e.g. :9810 (default: off)")
     _budget_flags(serve)
 
     fuse = sub.add_parser("fuse", help="serve the store's trees as a FUSE view at STATE_DIR/view")
@@ -98,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     gc.add_argument("--grace", type=float, default=300.0, help="keep content used in the last N seconds (default 300)")
     _budget_flags(gc)
+
     return parser
 
 
@@ -108,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         args.image_credential_provider_bin_dir is None
     ):
         parser.error("--image-credential-provider-config and --image-credential-provider-bin-dir go together")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure("DEBUG" if args.verbose else args.log_level, args.log_format)
     if args.command == "fuse":
         from . import fusefs
 
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 provider_bin_dir=args.image_credential_provider_bin_dir,
             ),
             budget=Budget(args.cache_max_bytes, args.cache_min_free),
+            metrics_address=args.metrics_address,
         )
     )
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import bindview
+from . import bindview, metrics
 from .store import Store
 
 log = logging.getLogger("oci-volume-csi")
@@ -76,6 +76,7 @@ def collect(store: Store, in_use: set[str], budget: Budget) -> Report:
     report.cache_bytes = cache_bytes(store)
     report.over_budget_bytes = _excess(store, budget)
     if report.over_budget_bytes:
+        metrics.CACHE_OVER_BUDGET.inc()
         log.warning(
             "cache: still %d bytes over budget (%d bytes cached); what remains is in use or used in the last %.0f s",
             report.over_budget_bytes, report.cache_bytes, budget.grace,

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from . import errors, mounts
+from . import errors, logs, mounts
 from ._pb import csi_pb2, csi_pb2_grpc
 from .authorize import AccessChecks
 from .credentials import Keyring
@@ -113,6 +113,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             digest = pull(
                 self.store, spec.reference, spec.pull_policy, creds, self.pull_config, self.access, spec.platform
             )
+            logs.annotate(digest=digest, mode=self.view.mode)
             self._mount(self.view.path_for(digest), spec.target_path, digest)
             self.publications.record(
                 Publication(

@@ -18,9 +18,11 @@ pod's access is verified first (``authorize.py``), whatever the pull policy.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import time
 from dataclasses import dataclass, field
 
-from . import errors, layout, manifest
+from . import errors, layout, manifest, metrics
 from .authorize import AccessChecks
 from .credentials import Credentials
 from .reference import Reference
@@ -28,6 +30,7 @@ from .registry import RegistryClient, RegistryConfig
 from .store import Store
 
 LAYER_WORKERS = 4
+log = logging.getLogger("oci-volume-csi")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,25 @@ def pull(
 
     ``platform`` overrides ``cfg.platform`` (the node's, or ``--platform``) for one volume.
     """
+    try:
+        digest, source = _pull(store, ref, policy, credentials, cfg, access, platform)
+    except errors.DriverError as exc:
+        metrics.PULLS.labels(exc.code.name).inc()
+        raise
+    metrics.PULLS.labels(source).inc()
+    return digest
+
+
+def _pull(
+    store: Store,
+    ref: Reference,
+    policy: str,
+    credentials: Credentials | None,
+    cfg: PullConfig,
+    access: AccessChecks,
+    platform: str,
+) -> tuple[str, str]:
+    """``pull`` itself; also says where the answer came from ("node" or "registry")."""
     key = str(ref)
     platform = platform or cfg.platform
     client = RegistryClient(cfg.registry, credentials)
@@ -58,7 +80,7 @@ def pull(
         local = _node_tree(store, ref, key, platform)
         if local:
             _authorize(store, access, client, credentials, ref, local)
-            return local
+            return local, "node"
         if policy == "Never":
             raise errors.FailedPrecondition(
                 f"{ref} is not on this node and pullPolicy is Never; pull it once with IfNotPresent or Always, "
@@ -68,7 +90,7 @@ def pull(
     if ref.digest:  # resolve() asked nothing, and the tree may have been on the node already
         _authorize(store, access, client, credentials, ref, digest)
     store.record_resolution(key, platform, digest)
-    return digest
+    return digest, "registry"
 
 
 def _authorize(
@@ -149,7 +171,12 @@ def _ensure_tree(
                 "set by --max-layers"
             )
         layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
+        start = time.monotonic()
         _ensure_layers(store, client, ref, layers, cfg.limits)
+        log.debug(
+            "pulled %s: %d layers, %d bytes in %.2f s",
+            _where(ref, digest), len(layers), sum(layer.size for layer in layers), time.monotonic() - start,
+        )  # fmt: skip
         entries = layout.build_tree(store.root, layers, cfg.limits)
         blobs = {top, digest, *(layer.digest for layer in layers)}
         store.commit_tree(digest, entries, private=private, blobs=sorted(blobs))
@@ -182,6 +209,7 @@ def _ensure_layer(store: Store, client: RegistryClient, ref: Reference, layer: l
     compression = layout.compression(layer.media_type) if layout.may_unpack(layer) else None
     with store.single_flight(layer.digest):
         if store.has_blob(layer.digest) and (not compression or store.has_blob(layer.digest, decoded=True)):
+            metrics.BLOBS.labels("cache").inc()
             return
         with client.open_blob(ref, layer.digest) as chunks:
             store.put_blob(
@@ -192,3 +220,5 @@ def _ensure_layer(store: Store, client: RegistryClient, ref: Reference, layer: l
                 max_decoded_bytes=limits.max_unpacked_bytes,
                 what=f"layer {layer.digest} ({layer.media_type}) of {ref}",
             )
+        metrics.BLOBS.labels("registry").inc()
+        metrics.FETCHED_BYTES.inc(layer.size)

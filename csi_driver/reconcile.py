@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from . import errors, mounts
+from . import errors, metrics, mounts
 from .publications import Publication, Publications
 from .views import BindView, FuseView
 
@@ -50,6 +50,7 @@ def watch_view(view: FuseView, publications: Publications, stop: threading.Event
         if view.live():
             continue
         log.warning("the FUSE view at %s is dead; starting a new one", view.mountpoint)
+        metrics.VIEW_RESTARTS.inc()
         try:
             view.ensure_running()
             reconcile(publications, view)

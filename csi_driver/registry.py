@@ -65,7 +65,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from csi_driver import errors, hosts
+from csi_driver import errors, hosts, metrics
 from csi_driver.hosts import Endpoint
 from csi_driver.reference import Reference, valid_digest
 
@@ -453,6 +453,7 @@ class RegistryClient:
                 raise self._budget.spent(host, subject)
             connect = min(endpoint.dial_timeout or self.config.timeout, left)
             read = min(self.config.timeout, left)
+            sent = time.monotonic()
             try:
                 response = session.http.request(
                     method,
@@ -465,8 +466,10 @@ class RegistryClient:
                     verify=not endpoint.tls.skip_verify,
                 )
             except requests.exceptions.SSLError as exc:
+                _observe(host, "tls-error", sent)
                 raise _tls_failure(host, subject, exc) from exc
             except requests.Timeout as exc:
+                _observe(host, "timeout", sent)
                 if self._budget.left() <= 0:
                     raise self._budget.spent(host, subject) from exc
                 waited = connect if isinstance(exc, requests.ConnectTimeout) else read
@@ -475,6 +478,7 @@ class RegistryClient:
                     "registry and the network, or raise --registry-timeout"
                 ) from exc
             except requests.ConnectionError as exc:
+                _observe(host, "connection-error", sent)
                 if attempt >= self.config.retries:
                     raise errors.Unavailable(
                         f"cannot reach registry {host} for {subject} ({_reason(exc)}): check the "
@@ -485,6 +489,7 @@ class RegistryClient:
                     f"request to registry {host} for {subject} failed ({_reason(exc)})"
                 ) from exc
             else:
+                _observe(host, str(response.status_code), sent)
                 log.debug("%s %s%s: HTTP %d", method, host, urlsplit(url).path, response.status_code)
                 if response.status_code < 500 or attempt >= self.config.retries:
                     _REAPER.watch(response, self._budget.ends)
@@ -617,6 +622,10 @@ def _innermost(exc: BaseException) -> BaseException:
             break
         reason = inner
     return reason
+
+
+def _observe(host: str, status: str, sent: float) -> None:
+    metrics.REGISTRY_SECONDS.labels(metrics.host_label(host), status).observe(time.monotonic() - sent)
 
 
 def _reason(exc: BaseException) -> str:

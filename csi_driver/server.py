@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import text_format
 
-from . import errors
+from . import errors, logs, metrics
 from ._pb import csi_pb2_grpc
-from .cache import Budget, keep_within_budget
+from .cache import Budget, cache_bytes, keep_within_budget
 from .credentials import CredentialSources, Keyring
 from .identity import IdentityService
 from .node import NodeService
 from .publications import Publications
 from .pull import PullConfig
 from .reconcile import reconcile, watch_view
+from .spec import POD_INFO_PREFIX
 from .store import Store
-from .views import FuseView, open_view
+from .views import BindView, FuseView, open_view
 
 log = logging.getLogger("oci-volume-csi")
 
@@ -45,6 +46,22 @@ def redacted(request) -> str:  # type: ignore[no-untyped-def]
     return text_format.MessageToString(request, as_one_line=True)
 
 
+def request_fields(request) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The log fields a request carries: volume id, target, pod, reference (never secrets)."""
+    fields = {}
+    for name in ("volume_id", "target_path", "volume_path"):
+        if name in request.DESCRIPTOR.fields_by_name and getattr(request, name):
+            fields[name] = getattr(request, name)
+    if "volume_context" in request.DESCRIPTOR.fields_by_name:
+        context = request.volume_context
+        if "reference" in context:
+            fields["reference"] = context["reference"]
+        pod = context.get(POD_INFO_PREFIX + "pod.name")
+        if pod:
+            fields["pod"] = f"{context.get(POD_INFO_PREFIX + 'pod.namespace', '')}/{pod}"
+    return fields
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -56,6 +73,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         def call(request, context):  # type: ignore[no-untyped-def]
             start = time.monotonic()
             code, message = grpc.StatusCode.OK, ""
+            fields = logs.open_fields(method=method, **request_fields(request))
             try:
                 return inner(request, context)
             except errors.DriverError as exc:
@@ -66,14 +84,15 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 log.exception("%s failed unexpectedly", method)
                 code, message = grpc.StatusCode.INTERNAL, f"{method}: internal driver error; see the driver's log"
             finally:
+                elapsed = time.monotonic() - start
+                metrics.RPC_SECONDS.labels(method, code.name).observe(elapsed)
+                fields.update(code=code.name, duration_ms=round(elapsed * 1000, 2), **({"error": message} if message else {}))
+                digest = f" digest={fields['digest']}" if "digest" in fields else ""
                 log.info(
-                    "%s %s -> %s %s(%.1f ms)",
-                    method,
-                    redacted(request),
-                    code.name,
-                    f"{message} " if message else "",
-                    (time.monotonic() - start) * 1000,
-                )
+                    "%s %s -> %s%s %s(%.1f ms)",
+                    method, redacted(request), code.name, digest, f"{message} " if message else "", elapsed * 1000,
+                    extra={"fields": fields},
+                )  # fmt: skip
             context.abort(code, message)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -93,7 +112,18 @@ class ServeOptions:
     pull: PullConfig
     credentials: CredentialSources = field(default_factory=CredentialSources)
     budget: Budget = field(default_factory=Budget)
+    metrics_address: str = ""
     workers: int = 16
+
+
+def _state(store: Store, publications: Publications, view: BindView | FuseView, in_use: set[str]) -> dict[str, float]:
+    return {
+        "cache_bytes": cache_bytes(store),
+        "cache_digests": len(store.committed_digests()),
+        "in_use_digests": len(in_use),
+        "publications": len(publications.all()),
+        "fuse_view_up": float(view.healthy()),
+    }
 
 
 def socket_path(endpoint: str) -> str:
@@ -129,6 +159,9 @@ def serve(opts: ServeOptions) -> int:
         threading.Thread(target=watch_view, args=(view, publications, stop), name="view-watch", daemon=True).start()
     def in_use() -> set[str]:
         return {pub.digest for pub in publications.all()}
+
+    if opts.metrics_address:
+        metrics.serve_metrics(opts.metrics_address, lambda: _state(store, publications, view, in_use()))
 
     collector = (store, in_use, opts.budget, stop, node.content_added)
     threading.Thread(target=keep_within_budget, args=collector, name="cache-gc", daemon=True).start()
