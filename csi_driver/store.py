@@ -477,3 +477,12 @@ class Store:
             "SELECT digest FROM resolutions WHERE reference = ? AND platform = ?", (reference, platform)
         ).fetchone()
         return row[0] if row else None
+
+    def references(self) -> dict[str, list[str]]:
+        """Digest → the references this node last resolved to it, sorted (``cache ls``)."""
+        found: dict[str, list[str]] = {}
+        for reference, digest in self._conn().execute(
+            "SELECT DISTINCT reference, digest FROM resolutions ORDER BY reference"
+        ):
+            found.setdefault(digest, []).append(reference)
+        return found

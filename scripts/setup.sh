@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need on Debian bookworm, as root:
-# Debian packages (the registry, FUSE, umoci and skopeo for the image fixtures, openssl for test CAs) and a venv in .venv with the project.
+# Debian packages (the registry, FUSE, umoci and skopeo for the image fixtures, openssl for test CAs,
+# buildah and mmdebstrap for the container image build) and a venv in .venv with the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(docker-registry fuse3 libfuse3-dev pkg-config curl procps util-linux umoci skopeo openssl)
+packages=(docker-registry fuse3 libfuse3-dev pkg-config curl procps util-linux umoci skopeo openssl buildah mmdebstrap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

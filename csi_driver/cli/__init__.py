@@ -1,0 +1,34 @@
+"""The commands for humans: ``publish``/``unpublish`` against a running driver, ``inspect``,
+``cache ls``/``cache gc`` and ``describe``.
+
+``__main__.py`` only wires their arguments; each parser names its handler as
+``module.function`` of this package, imported when run, so ``serve`` and ``fuse`` never
+load them. A failure a person can act on (a driver error, a gRPC status from the
+driver) is one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import grpc
+
+from .. import errors
+
+
+def run(args: argparse.Namespace, *context: object) -> int:
+    """Run ``args.handler`` with ``args`` and whatever else it takes (``context``)."""
+    module, _, function = args.handler.partition(".")
+    handler = getattr(importlib.import_module(f"{__name__}.{module}"), function)
+    where = f"oci-volume-csi {args.command}"
+    try:
+        return handler(args, *context)
+    except errors.DriverError as exc:
+        print(f"{where}: {exc.code.name}: {exc.message}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(f"{where}: the driver answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1

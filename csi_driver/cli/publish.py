@@ -1,0 +1,125 @@
+"""``publish`` and ``unpublish``: a kubelet's requests to a running driver, for trying it by hand.
+
+The requests are shaped exactly as DESIGN.md "What the kubelet sends" says (a ``csi-<64 hex>``
+volume id, a mount capability with empty fs type and flags, ``readonly`` absent when false,
+pod info in the volume context), so what works here works from a kubelet. The test suite
+builds its kubelet requests with the same functions.
+
+The volume id is derived from the target path, so ``unpublish TARGET`` finds what
+``publish REF TARGET`` made without being told the id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+
+from .. import errors
+from .._pb import csi_pb2, csi_pb2_grpc
+from ..server import socket_path
+from .output import emit, fields, progress
+
+
+def volume_id(target: str) -> str:
+    """``csi-`` and the sha256 of the target: the kubelet's id shape, stable per target."""
+    return "csi-" + hashlib.sha256(target.encode()).hexdigest()
+
+
+def publish_request(
+    target: Path | str,
+    attributes: Mapping[str, str],
+    *,
+    vol_id: str | None = None,
+    pod_name: str = "oci-volume-csi-cli",  # what a hand-made publish is recorded for (--pod)
+    namespace: str = "default",
+    pod_uid: str | None = None,
+    secrets: Mapping[str, str] | None = None,
+    readonly: bool = True,
+    access_mode: int = csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,
+) -> csi_pb2.NodePublishVolumeRequest:
+    """A NodePublishVolume for an ephemeral inline volume with ``podInfoOnMount: true``."""
+    context = dict(attributes)
+    context.update(
+        {
+            "csi.storage.k8s.io/pod.name": pod_name,
+            "csi.storage.k8s.io/pod.namespace": namespace,
+            "csi.storage.k8s.io/pod.uid": pod_uid or str(uuid.uuid4()),
+            "csi.storage.k8s.io/serviceAccount.name": "",
+            "csi.storage.k8s.io/ephemeral": "true",
+        }
+    )
+    return csi_pb2.NodePublishVolumeRequest(
+        volume_id=vol_id or volume_id(str(target)),
+        target_path=str(target),
+        volume_capability=csi_pb2.VolumeCapability(
+            mount=csi_pb2.VolumeCapability.MountVolume(),
+            access_mode=csi_pb2.VolumeCapability.AccessMode(mode=access_mode),
+        ),
+        readonly=readonly,
+        volume_context=context,
+        secrets=dict(secrets or {}),
+    )
+
+
+def unpublish_request(request: csi_pb2.NodePublishVolumeRequest) -> csi_pb2.NodeUnpublishVolumeRequest:
+    return csi_pb2.NodeUnpublishVolumeRequest(volume_id=request.volume_id, target_path=request.target_path)
+
+
+def publish(args: argparse.Namespace) -> int:
+    target = os.path.abspath(args.target)
+    attributes = {"reference": args.reference}
+    if args.pull_policy:
+        attributes["pullPolicy"] = args.pull_policy
+    if args.platform:
+        attributes["platform"] = args.platform
+    pod = {}
+    if args.pod:
+        namespace, _, name = args.pod.rpartition("/")
+        pod = {"namespace": namespace, "pod_name": name}
+    request = publish_request(target, attributes, **pod)
+    _call(args.endpoint, args.timeout, "NodePublishVolume", request)
+    result = {"volume_id": request.volume_id, "target": target, "reference": args.reference}
+    emit(args.output, result, lambda r: f"published {r['reference']} at {r['target']}\n" + _volume_id_line(r))
+    return 0
+
+
+def unpublish(args: argparse.Namespace) -> int:
+    target = os.path.abspath(args.target)
+    request = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id(target), target_path=target)
+    _call(args.endpoint, args.timeout, "NodeUnpublishVolume", request)
+    result = {"volume_id": request.volume_id, "target": target}
+    emit(args.output, result, lambda r: f"unpublished {r['target']}\n" + _volume_id_line(r))
+    return 0
+
+
+def _volume_id_line(result: dict[str, str]) -> str:
+    return fields([("volume id", result["volume_id"])])
+
+
+def _call(endpoint: str, timeout: float, method: str, request: object) -> None:
+    """Send one Node RPC and wait for it, with a progress line: a publish may pull for minutes.
+
+    A missing socket or a driver that does not answer fails at once with what to check,
+    not after the RPC's whole timeout.
+    """
+    path = socket_path(endpoint)
+    if not os.path.exists(path):
+        raise errors.Unavailable(
+            f"no driver socket at {path}: is `oci-volume-csi serve --endpoint {endpoint}` running?"
+        )
+    with grpc.insecure_channel(f"unix://{path}") as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=10)
+        except grpc.FutureTimeoutError:
+            raise errors.Unavailable(
+                f"the driver at {path} does not answer: is `oci-volume-csi serve` running?"
+            ) from None
+        call = getattr(csi_pb2_grpc.NodeStub(channel), method).future(request, timeout=timeout)
+        with progress(lambda: "waiting for the driver…"):
+            call.result()
