@@ -70,7 +70,7 @@ def _secret_credentials(secrets: Mapping[str, str], image: str) -> list[Credenti
             continue
         try:
             doc = json.loads(secrets[key])
-        except ValueError:
+        except (ValueError, RecursionError):
             raise errors.InvalidArgument(f"the pull secret's {key} is not valid JSON") from None
         auths = doc.get("auths") if key == ".dockerconfigjson" and isinstance(doc, dict) else doc
         try:

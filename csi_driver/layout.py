@@ -9,6 +9,9 @@ checked against an in-memory tree before any view ever touches a disk.
 
 from __future__ import annotations
 
+import io
+import os
+import struct
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +36,17 @@ _SEPARATORS = ("/", ".", "-", "+")
 _KEPT_MODE = 0o1777
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
+# What a Linux file system can hold: a name component of NAME_MAX bytes, a symlink target shorter
+# than PATH_MAX, owners that fit uid_t/gid_t other than (uid_t)-1 ("no change" to chown), and an
+# mtime whose nanoseconds fit the kernel's signed 64 bits. A member outside these is hostile
+# or broken; it would otherwise fail much later, in SQLite, a chown or the FUSE view.
+_NAME_MAX = 255
+_LINK_MAX = 4095
+_MAX_ID = 2**32 - 2
+_MAX_MTIME = (2**63 - 1) // 10**9
+# The most bytes a PAX extended header or GNU long name may hold, as in Go's archive/tar
+# (containerd, Docker): tarfile reads such a header's data into memory whole.
+_MAX_SPECIAL = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,13 +67,69 @@ class Limits:
     max_unpacked_bytes: int = 64 << 30  # --max-unpacked-bytes
 
 
+class _Member:
+    """What placing a tar member needs of its header: a compact stand-in for ``tarfile.TarInfo``.
+
+    A layer's headers are all held while it is placed: with ``TarInfo`` (and the strings and
+    dict it carries) that is about 550 bytes per member, with this about 350, name included;
+    for a layer of many files it is most of the driver's memory growth (bench/RESULTS.md).
+    The predicates answer as ``TarInfo``'s do.
+    """
+
+    __slots__ = ("gid", "kind", "linkname", "mode", "mtime", "name", "offset_data", "size", "sparse", "uid")
+
+    def __init__(self, name: str, mode: int, uid: int, gid: int, mtime: float, size: int, linkname: str,
+                 offset_data: int, kind: str, sparse: bool = False) -> None:  # fmt: skip
+        self.name = name
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime = mtime
+        self.size = size
+        self.linkname = linkname
+        self.offset_data = offset_data
+        self.kind = kind  # _DIR, _SYM, _LNK, _REG, or "" (devices, FIFOs, unknown types)
+        self.sparse = sparse
+
+    @classmethod
+    def of(cls, info: tarfile.TarInfo) -> _Member:
+        kind = _DIR if info.isdir() else _SYM if info.issym() else _LNK if info.islnk() else _REG if info.isreg() else ""
+        return cls(info.name, info.mode, info.uid, info.gid, info.mtime, info.size, info.linkname,
+                   info.offset_data, kind, info.issparse())  # fmt: skip
+
+    def isdir(self) -> bool:
+        return self.kind is _DIR
+
+    def issym(self) -> bool:
+        return self.kind is _SYM
+
+    def islnk(self) -> bool:
+        return self.kind is _LNK
+
+    def isreg(self) -> bool:
+        return self.kind is _REG
+
+    def issparse(self) -> bool:
+        return self.sparse
+
+
+_DIR, _SYM, _LNK, _REG = "dir", "symlink", "hardlink", "file"
+# The header types _plain_header reads itself; tarfile reads every other one.
+_PLAIN_TYPES = {tarfile.REGTYPE: _REG, tarfile.AREGTYPE: _REG, tarfile.DIRTYPE: _DIR,
+                tarfile.SYMTYPE: _SYM, tarfile.LNKTYPE: _LNK}  # fmt: skip
+_BLOCK = tarfile.BLOCKSIZE
+# A ustar header block: name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, (magic,
+# version, uname, gname: unused here), devmajor, devminor, prefix, (padding).
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s72x8s8s155s12x")
+
+
 @dataclass(frozen=True)
 class _Archive:
     """One layer's uncompressed tar: where it lives in the store and its headers."""
 
     source: str
     size: int
-    members: list[tarfile.TarInfo]
+    members: list[_Member]
 
 
 def compression(media_type: str) -> str | None:
@@ -130,6 +200,7 @@ def _place(tree: _Tree, state_dir: Path, layer: Layer) -> None:
                 f"{layer.media_type!r} is not a tar archive; the artifact cannot be unpacked"
             )
         top = _title_path(title, layer)
+        tree.claim(top, layer)
         archive = _read(tree, state_dir, source, layer)
         for member in archive.members:
             if not _under(top, _entry_path(member.name, layer), member):
@@ -147,6 +218,7 @@ def _place(tree: _Tree, state_dir: Path, layer: Layer) -> None:
         )
     else:
         top = _title_path(title, layer)
+        tree.claim(top, layer)
         if layer.media_type == OCI_TAR_GZIP and source is not None:  # rule 3: oras-python directory
             archive = _read(tree, state_dir, source, layer)
             if all(_under(top, _normalise(member.name), member) for member in archive.members):
@@ -170,7 +242,11 @@ def _normalise(name: str) -> str | None:
     """
     if name.startswith("/") or "\0" in name:
         return None
-    parts = [part for part in name.split("/") if part not in ("", ".")]
+    parts = name.split("/")
+    if "" in parts or "." in parts:
+        parts = [part for part in parts if part not in ("", ".")]
+    elif ".." not in parts:
+        return name  # already normal: the tree keeps this very string, not a copy of it
     if ".." in parts:
         return None
     return "/".join(parts)
@@ -180,12 +256,28 @@ def _entry_path(name: str, layer: Layer) -> str:
     path = _normalise(name)
     if path is None:
         raise _unsafe(layer, name, "is absolute, has a '..' component or a NUL byte")
+    if len(path) > _NAME_MAX or not path.isascii():  # only then can it be unnameable
+        why = _unnameable(path)
+        if why:
+            raise _unsafe(layer, name, why)
     return path
+
+
+def _unnameable(path: str) -> str:
+    """Why no Linux file system can hold ``path`` ("" if one can): it is not UTF-8 (tarfile
+    decodes other bytes to lone surrogates, which SQLite refuses), or a component is too long."""
+    try:
+        raw = path.encode()
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if any(len(part) > _NAME_MAX for part in raw.split(b"/")):
+        return f"has a component longer than {_NAME_MAX} bytes, more than a file name can be"
+    return ""
 
 
 def _title_path(title: str, layer: Layer) -> str:
     path = _normalise(title)
-    if not path:
+    if not path or _unnameable(path):
         raise errors.InvalidArgument(
             f"layer {layer.digest} has the title {title!r}, which is not a relative path inside "
             "the volume; the artifact is unsafe and was refused"
@@ -193,7 +285,7 @@ def _title_path(title: str, layer: Layer) -> str:
     return path
 
 
-def _under(top: str, path: str | None, member: tarfile.TarInfo) -> bool:
+def _under(top: str, path: str | None, member: _Member) -> bool:
     """Whether an entry lies under ``<top>/`` (``top`` itself may be its directory)."""
     if path is None:
         return False
@@ -215,28 +307,125 @@ def _read(tree: _Tree, state_dir: Path, source: str, layer: Layer) -> _Archive:
     A tar that ends right after its last file's data (no padding, no end-of-archive
     blocks, as umoci 0.4's ``insert`` writes layers) is complete: Go's archive/tar,
     and so containerd, Docker and umoci, read it so. A cut inside the data is not.
+
+    Plain headers (most of a real layer's) are parsed by ``_plain_header``, about three times
+    faster than ``tarfile``, which reads every other header (bench/RESULTS.md).
     """
     path = state_dir / source
     size = path.stat().st_size
-    members: list[tarfile.TarInfo] = []
+    members: list[_Member] = []
     try:
-        with tarfile.open(path, "r:") as tar:
+        with _Headers(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            fd = raw.fileno()
             while True:
-                try:
-                    member = tar.next()
-                except tarfile.ReadError:
-                    if members and members[-1].offset_data + members[-1].size <= size < tar.offset:
-                        break  # the file ends inside the last member's padding
-                    raise
+                member = None
+                if tar.firstmember is None and not tar.pax_headers and 0 < tar.offset <= size - _BLOCK:
+                    plain = _plain_header(os.pread(fd, _BLOCK, tar.offset), tar.offset, tar.encoding, tar.errors)
+                    if plain is not None:
+                        member, tar.offset = plain
                 if member is None:
-                    break
+                    try:
+                        info = tar.next()
+                    except tarfile.ReadError:
+                        if members and members[-1].offset_data + members[-1].size <= size < tar.offset:
+                            break  # the file ends inside the last member's padding
+                        raise
+                    if info is None:
+                        break
+                    tar.members.clear()  # tarfile keeps every member it reads; we keep our own
+                    member = _Member.of(info)
+                if member.size < 0:  # tarfile would seek backwards; a file would cancel out bytes counted
+                    raise _unsafe(layer, member.name, f"has a negative size ({member.size})")
                 tree.count(layer)
                 members.append(member)
+                if tar.offset > size:  # the next header would lie past the end of the file
+                    if member.offset_data + member.size <= size:
+                        break  # the file ends inside this member's padding
+                    raise errors.InvalidArgument(
+                        f"layer {layer.digest}: entry {member.name!r} runs past the end of the archive; "
+                        "the layer is cut short or corrupt"
+                    )
+    except _HeaderTooLarge:
+        raise errors.InvalidArgument(
+            f"layer {layer.digest} ({layer.media_type}) has a PAX or GNU long-name header of more than "
+            f"{_MAX_SPECIAL} bytes, more than any file needs (Go's archive/tar refuses it too); "
+            "the artifact is unsafe and was refused"
+        ) from None
+    except RecursionError:  # tarfile reads consecutive extended headers recursively
+        raise errors.InvalidArgument(
+            f"layer {layer.digest} ({layer.media_type}) has hundreds of PAX or GNU extended headers in a "
+            "row; the artifact is unsafe and was refused"
+        ) from None
     except (tarfile.TarError, EOFError, ValueError) as exc:
         raise errors.InvalidArgument(
             f"layer {layer.digest} ({layer.media_type}) is not a readable tar archive: {exc}"
         ) from exc
     return _Archive(source=source, size=size, members=members)
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _Headers(io.FileIO):
+    """A layer tar as tarfile reads it here: headers only, file data is skipped by seeking.
+
+    So a read of more than ``_MAX_SPECIAL`` bytes at once can only be the data of a PAX or GNU
+    long-name header, which tarfile would otherwise read into memory whole, however large.
+    """
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > _MAX_SPECIAL:
+            raise _HeaderTooLarge()
+        return super().read(size)
+
+
+def _plain_header(buf: bytes, offset: int, encoding: str, errors: str) -> tuple[_Member, int] | None:
+    """The member whose header block ``buf`` starts at ``offset``, and where the next header starts.
+
+    Only for a header that ``tarfile`` (``TarInfo.frombuf`` and ``_proc_builtin``) would read to
+    the same member: a regular file, directory, symlink or hardlink with octal numbers and the
+    right (unsigned) checksum, read while no global pax header is in force. Anything else is
+    None and left to ``tarfile``: pax and GNU long-name headers, sparse files, devices,
+    base-256 numbers, a V7 directory, a signed or bad checksum, the end of the archive.
+    """
+    name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, major, minor, prefix = _HEADER.unpack(buf)
+    kind = _PLAIN_TYPES.get(typeflag)
+    if kind is None:
+        return None
+    numbers = []
+    # As nti() does for every numeric field (so an unreadable device number is an invalid header
+    # too): up to the first NUL, ASCII, stripped, octal; "" is 0. An int() of the bytes accepts
+    # less than one of the decoded string ("\x1c" is str whitespace), never more or otherwise.
+    for field in (chksum, mode, uid, gid, size, mtime, major, minor):
+        if field[0] in (0o200, 0o377):
+            return None  # base-256
+        digits = field.split(b"\0", 1)[0]
+        if digits.strip():
+            try:
+                numbers.append(int(digits, 8))
+            except ValueError:
+                return None
+        else:
+            numbers.append(0)
+    chksum, mode, uid, gid, size, mtime = numbers[:6]
+    if chksum != 256 + sum(buf) - sum(buf[148:156]):  # an all-zero block (the end) fails this too
+        return None
+    name = name.split(b"\0", 1)[0].decode(encoding, errors)
+    if kind is _DIR:
+        name = name.rstrip("/")
+    elif typeflag == tarfile.AREGTYPE and name.endswith("/"):
+        return None  # a V7 directory
+    prefix = prefix.split(b"\0", 1)[0]
+    if prefix:
+        name = prefix.decode(encoding, errors) + "/" + name
+        if kind is _DIR:
+            name = name.rstrip("/")
+    data = offset + _BLOCK
+    blocks, rest = divmod(size, _BLOCK)
+    following = (blocks + (1 if rest else 0)) * _BLOCK if kind is _REG else 0
+    linkname = linkname.split(b"\0", 1)[0].decode(encoding, errors)
+    return _Member(name, mode, uid, gid, mtime, size, linkname, data, kind), data + following
 
 
 def _unpack(tree: _Tree, layer: Layer, archive: _Archive, whiteouts: bool) -> None:
@@ -258,7 +447,7 @@ def _unpack(tree: _Tree, layer: Layer, archive: _Archive, whiteouts: bool) -> No
             tree.put(entry, layer)
 
 
-def _whiteout(tree: _Tree, layer: Layer, path: str, member: tarfile.TarInfo) -> None:
+def _whiteout(tree: _Tree, layer: Layer, path: str, member: _Member) -> None:
     parent, _, base = path.rpartition("/")
     if base == _OPAQUE:
         tree.clear(parent)
@@ -270,19 +459,30 @@ def _whiteout(tree: _Tree, layer: Layer, path: str, member: tarfile.TarInfo) -> 
 
 
 def _entry(
-    tree: _Tree, layer: Layer, archive: _Archive, path: str, member: tarfile.TarInfo
+    tree: _Tree, layer: Layer, archive: _Archive, path: str, member: _Member
 ) -> Entry | None:
     """The tree entry for one tar member; None for what a volume never shows (devices, FIFOs).
 
     Each entry is built in one constructor call (not built and then ``replace``d): this runs
     once per archive member, on the cold-publish path (bench/RESULTS.md).
     """
-    mode, uid, gid, mtime = member.mode & _KEPT_MODE, member.uid, member.gid, int(member.mtime)
+    uid, gid, mtime = member.uid, member.gid, member.mtime
+    if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID and -_MAX_MTIME <= mtime <= _MAX_MTIME):  # NaN fails too
+        why = f"has owner uid {uid}, gid {gid} and mtime {mtime}: outside 0..{_MAX_ID} for owners or ±{_MAX_MTIME} s"
+        raise _unsafe(layer, member.name, why)
+    mode, mtime = member.mode & _KEPT_MODE, int(mtime)
     if member.isdir():
         return Entry(path, Kind.DIR, mode, uid, gid, mtime)
     if member.issym():
         if not member.linkname or "\0" in member.linkname:
             raise _unsafe(layer, member.name, "is a symlink with an empty target or a NUL byte")
+        if len(member.linkname) > _LINK_MAX // 4 or not member.linkname.isascii():  # only then can it be bad
+            try:
+                length = len(member.linkname.encode())
+            except UnicodeEncodeError:
+                raise _unsafe(layer, member.name, "is a symlink whose target is not valid UTF-8") from None
+            if length > _LINK_MAX:
+                raise _unsafe(layer, member.name, f"is a symlink whose target is longer than {_LINK_MAX} bytes")
         return Entry(path, Kind.SYMLINK, mode, uid, gid, mtime, link=member.linkname)
     if member.islnk():
         target = _normalise(member.linkname)
@@ -318,6 +518,18 @@ class _Tree:
         self.children: dict[str, set[str]] = {"": set()}
         self.entries = 0
         self.unpacked = 0
+        self.titles: dict[str, str] = {}  # path of each titled (ORAS) layer placed -> its digest
+
+    def claim(self, top: str, layer: Layer) -> None:
+        """Record the path an ORAS title names; two titles may not name one path, nor may a later
+        one be the directory of an earlier one (``oras pull`` refuses both)."""
+        for other, digest in self.titles.items():
+            if other == top or other.startswith(top + "/"):
+                raise errors.InvalidArgument(
+                    f"layer {layer.digest} has the title {top!r}, which collides with the title {other!r} "
+                    f"of layer {digest}; the titles of an artifact's files must name distinct paths"
+                )
+        self.titles[top] = layer.digest
 
     def count(self, layer: Layer) -> None:
         """Count one entry (a tar header, an implicit directory or an ORAS file)."""
@@ -409,6 +621,11 @@ class _Tree:
         return sorted(self.nodes.values(), key=depth_first)
 
 
-def depth_first(entry: Entry) -> list[str]:
-    """Sort key: comparing path components puts each directory right before its contents."""
-    return entry.path.split("/") if entry.path else []
+def depth_first(entry: Entry) -> str:
+    """Sort key that puts each directory right before its contents.
+
+    It orders as the list of path components would (``a`` < ``a/b`` < ``a-b``), because NUL,
+    which no path contains (``_normalise``), sorts before every other character; one string per
+    entry instead of a list of strings keeps the sort's memory and time low (bench/RESULTS.md).
+    """
+    return entry.path.replace("/", "\0")

@@ -13,13 +13,16 @@ import platform as _platform
 from dataclasses import dataclass, field
 
 from . import errors
+from .reference import valid_digest
 
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
+    OCI_INDEX,
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
+    OCI_MANIFEST,
     "application/vnd.docker.distribution.manifest.v2+json",
 }
 
@@ -66,6 +69,12 @@ def node_platform() -> str:
 def _descriptor(raw: object, where: str) -> Descriptor:
     if not isinstance(raw, dict) or not isinstance(raw.get("digest"), str) or not isinstance(raw.get("size"), int):
         raise errors.InvalidArgument(f"{where}: malformed descriptor (needs digest and size)")
+    if not valid_digest(raw["digest"]):  # it becomes a URL and a path in the store
+        raise errors.InvalidArgument(
+            f"{where}: descriptor digest {raw['digest']!r} is not sha256:<64 lower-case hex digits>"
+        )
+    if isinstance(raw["size"], bool) or raw["size"] < 0:
+        raise errors.InvalidArgument(f"{where}: descriptor {raw['digest']} has size {raw['size']!r}, not a byte count")
     annotations = raw.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise errors.InvalidArgument(f"{where}: annotations of {raw['digest']} are not a string map")
@@ -88,9 +97,18 @@ def parse(data: bytes, media_type: str, where: str) -> ImageManifest | Index:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise errors.InvalidArgument(f"{where}: the registry returned a manifest that is not JSON") from None
+    except RecursionError:
+        raise errors.InvalidArgument(f"{where}: the manifest's JSON is nested too deeply to read") from None
     if not isinstance(doc, dict):
         raise errors.InvalidArgument(f"{where}: the manifest is not a JSON object")
-    kind = doc.get("mediaType") or media_type
+    declared = doc.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise errors.InvalidArgument(f"{where}: the manifest's mediaType is not a string")
+    # The digest covers the bytes, not the Content-Type header: a document that names no type
+    # is read by its shape first, so the same bytes mean the same thing fetched or cached.
+    if not declared and ("manifests" in doc) != ("layers" in doc):
+        declared = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    kind = declared or media_type
     if kind in INDEX_TYPES or (kind not in MANIFEST_TYPES and "manifests" in doc):
         entries = doc.get("manifests")
         if not isinstance(entries, list):

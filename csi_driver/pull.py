@@ -170,6 +170,14 @@ def _ensure_tree(
                 f"{_where(ref, digest)} has {len(image.layers)} layers, more than the limit of {cfg.max_layers} "
                 "set by --max-layers"
             )
+        # Bounded before any download: a plain tar or an ORAS file is not inflated, so only its
+        # declared size (which the store enforces while fetching) stops a registry sending terabytes.
+        declared = sum({d.digest: d.size for d in image.layers}.values())
+        if declared > cfg.limits.max_unpacked_bytes:
+            raise errors.ResourceExhausted(
+                f"{_where(ref, digest)} declares layers of {declared} bytes, more than the limit of "
+                f"{cfg.limits.max_unpacked_bytes} set by --max-unpacked-bytes; raise the flag if the artifact is legitimate"
+            )
         layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
         start = time.monotonic()
         _ensure_layers(store, client, ref, layers, cfg.limits)

@@ -392,7 +392,7 @@ class RegistryClient:
         try:
             answer = json.loads(body)
             token = answer.get("token") or answer.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise errors.Unavailable(
@@ -601,7 +601,7 @@ def _error_detail(response: requests.Response) -> str:
         body = next(response.iter_content(4096), b"")
         first = json.loads(body)["errors"][0]
         return f" ({first['code']}: {first.get('message', '')})"
-    except (requests.RequestException, ValueError, LookupError, TypeError):
+    except (requests.RequestException, ValueError, LookupError, TypeError, RecursionError):
         return ""
 
 

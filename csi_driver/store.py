@@ -131,8 +131,10 @@ class _Decoder:
         return bool(getattr(self._obj, "eof", False))
 
     def finish(self) -> None:
-        if self.compression == "gzip" and not self._obj.eof:
-            raise zlib.error("truncated gzip stream")
+        """A stream cut short (inside a gzip member or a zstd frame) is an error, never a shorter tar."""
+        if not self._eof():
+            error = zlib.error if self.compression == "gzip" else zstandard.ZstdError
+            raise error(f"truncated {self.compression} stream")
 
 
 class _Inflater:

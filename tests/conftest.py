@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostile import Canary
 from namespace import enter_private_namespace
 
 
@@ -57,3 +58,11 @@ def kubelet_root(tmp_path: Path) -> Path:
     root = tmp_path / "kubelet"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="module")
+def canary() -> Iterator[Canary]:
+    """A directory outside the driver's reach that hostile artifacts aim at (tests/hostile.py)."""
+    made = Canary.make()
+    yield made
+    made.remove()
