@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from . import mounts
+from . import mounts, viewlock
 from .reference import valid_digest
 from .store import Store
 from .tree import ROOT, Entry, Kind
@@ -403,8 +403,8 @@ class TreeFS(pyfuse3.Operations):
 def _clear_mountpoint(mountpoint: Path) -> None:
     """Create the mountpoint, or detach the dead view a killed server left on it.
 
-    A live view there is refused: stacking a second one would split the volumes
-    between two servers.
+    A live view there (one whose server holds no view lock: an older driver's) is refused:
+    stacking a second one would split the volumes between two servers.
     """
     state = mounts.path_state(str(mountpoint))
     if state == "missing":
@@ -437,15 +437,17 @@ async def _terminate_on_signal() -> None:
 def run(state_dir: Path, mountpoint: Path | None = None) -> None:
     """Mount the view (default ``<state_dir>/view``) and serve it until unmounted or signalled.
 
-    On SIGTERM/SIGINT the view is unmounted cleanly and this returns.
+    While another server holds the view (``viewlock``), this stands by and takes over when that
+    server exits. On SIGTERM/SIGINT the view is unmounted cleanly and this returns.
     """
     target = Path(os.path.abspath(mountpoint or Path(state_dir) / "view"))
-    _clear_mountpoint(target)
-    fs = TreeFS(Store(Path(state_dir)))
-    pyfuse3.init(fs, str(target), set(MOUNT_OPTIONS))
-    log.info("serving the trees of %s at %s", state_dir, target)
-    try:
-        trio.run(_serve)
-    finally:
-        pyfuse3.close(unmount=True)
-        fs.sources.close_all()
+    with viewlock.hold(Path(state_dir)):
+        _clear_mountpoint(target)
+        fs = TreeFS(Store(Path(state_dir)))
+        pyfuse3.init(fs, str(target), set(MOUNT_OPTIONS))
+        log.info("serving the trees of %s at %s", state_dir, target)
+        try:
+            trio.run(_serve)
+        finally:
+            pyfuse3.close(unmount=True)
+            fs.sources.close_all()

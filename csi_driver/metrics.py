@@ -30,7 +30,7 @@ BLOBS = Counter(f"{PREFIX}_blobs_total", "Layer blobs needed by pulls, by where 
 REGISTRY_SECONDS = Histogram(f"{PREFIX}_registry_request_duration_seconds",
                              "Registry request latency (to the response headers) by host and HTTP status",
                              ["host", "status"], buckets=_LATENCY)  # fmt: skip
-VIEW_RESTARTS = Counter(f"{PREFIX}_fuse_view_restarts_total", "FUSE views started to replace a dead one")
+VIEW_RESTARTS = Counter(f"{PREFIX}_fuse_view_restarts_total", "FUSE views replaced: started by serve, or by a standing-by fuse container")
 CACHE_OVER_BUDGET = Counter(f"{PREFIX}_cache_over_budget_total",
                             "Collections that ended over budget because the rest was in use")  # fmt: skip
 

@@ -45,15 +45,25 @@ def reconcile(publications: Publications, view: BindView | FuseView) -> None:
 
 
 def watch_view(view: FuseView, publications: Publications, stop: threading.Event, interval: float = 1.0) -> None:
-    """Until ``stop``: when the FUSE view is dead, start a new one and re-bind every target."""
+    """Until ``stop``: when the FUSE view is dead, start a new one and re-bind every target.
+
+    A view replaced between two looks (the fuse container standing by took over at once, see
+    ``viewlock``) is live but new: its device number tells, and the targets are re-bound too.
+    """
+    seen = view.identity()
     while not stop.wait(interval):
-        if view.live():
+        current = view.identity()
+        if current is not None and current == seen:
             continue
-        log.warning("the FUSE view at %s is dead; starting a new one", view.mountpoint)
+        if current is None:
+            log.warning("the FUSE view at %s is dead; starting a new one", view.mountpoint)
+        else:
+            log.warning("the FUSE view at %s was replaced by another server; re-binding every volume", view.mountpoint)
         metrics.VIEW_RESTARTS.inc()
         try:
             view.ensure_running()
             reconcile(publications, view)
+            seen = view.identity()
         except errors.DriverError as exc:
             log.error("%s", exc.message)
         except Exception:  # noqa: BLE001 - the watchdog must outlive any one failed repair

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from . import bindview, errors, mounts
+from . import bindview, errors, mounts, viewlock
 from .store import Store
 
 FUSE_FS_TYPE = "fuse.oci-volume-csi"
@@ -60,9 +60,21 @@ class FuseView:
     def healthy(self) -> bool:
         return self.live()
 
+    def identity(self) -> int | None:
+        """The live view's device number (each FUSE mount gets its own), None when it is dead:
+        a different number means another server replaced the view and volumes need re-binding."""
+        try:
+            return os.stat(self.mountpoint).st_dev if self.live() else None
+        except OSError:  # it died in between
+            return None
+
     def ensure_running(self) -> None:
-        """Start ``oci-volume-csi fuse`` detached unless a live view is already mounted."""
+        """Start ``oci-volume-csi fuse`` detached unless a live view is already mounted or
+        another server (the DaemonSet's fuse container) holds the view lock and is replacing it."""
         if self.live():
+            return
+        if viewlock.held(self.store.root):
+            self._wait_live("the FUSE server holding the view lock did not mount it")
             return
         if mounts.path_state(self.mountpoint) == "missing":  # a dead view is detached by the new server
             os.makedirs(self.mountpoint)
@@ -76,15 +88,15 @@ class FuseView:
             close_fds=True,
         )
         log.close()
+        self._wait_live(f"the FUSE view did not come up; see {self.store.root / 'fuse.log'}")
+
+    def _wait_live(self, why: str) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.live():
                 return
             time.sleep(0.05)
-        raise errors.Unavailable(
-            f"the FUSE view did not come up at {self.mountpoint} within {self.start_timeout:.0f}s; "
-            f"see {self.store.root / 'fuse.log'}"
-        )
+        raise errors.Unavailable(f"{why} at {self.mountpoint} within {self.start_timeout:.0f}s")
 
 
 def open_view(mode: str, store: Store) -> BindView | FuseView:

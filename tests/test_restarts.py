@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -109,6 +110,31 @@ def test_killed_fuse_server_is_replaced_and_targets_rebound(
         assert d.identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
         assert stats(d, request).volume_condition.abnormal is False
         d.unpublish(unpublish_request(request))
+
+
+def test_restarted_fuse_container_stands_by_and_takes_over_instead_of_crash_looping(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    """The DaemonSet's fuse container crashed, serve started its own view; the container's
+    restart must wait, not exit, and when serve's view dies it is the one that replaces it."""
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    target = Path(request.target_path)
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        serves = fuse_pid(d)
+        container = subprocess.Popen(
+            [sys.executable, "-m", "csi_driver", "fuse", "--state-dir", str(d.state_dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(2)
+        assert container.poll() is None, "a second fuse server must stand by, not exit"
+        assert len([m for m in mounts.mount_table() if m.mount_point == str(d.state_dir / "view")]) == 1
+        os.kill(serves, signal.SIGKILL)
+        wait_until(lambda: readable(target / PLUGIN_FILE))
+        assert fuse_pids(d) == [container.pid], "serve must not start a server while one takes over"
+        assert walk(target) == expected_walk(PLUGIN_TREE)
+        d.unpublish(unpublish_request(request))
+    container.wait(timeout=10)
 
 
 def test_container_with_host_to_container_propagation_sees_the_repair(
