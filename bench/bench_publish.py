@@ -133,9 +133,26 @@ def make_layer(size_mib: int, seed: int = SEED) -> Layer:
     directory tree like an image's ``usr/`` (about a dozen files per directory); a few symlinks;
     gzip level 6, mtime 0.
     """
+    raw, files = make_tar(size_mib << 20, seed)
+    half = size_mib << 19
+    return Layer(
+        gz=gzip.compress(raw, compresslevel=6, mtime=0),
+        tar_bytes=len(raw),
+        files=files,
+        text_bytes=half,
+        random_bytes=half,
+    )
+
+
+def make_tar(content_bytes: int, seed: int = SEED, tag: str = "") -> tuple[bytes, int]:
+    """The uncompressed tar of ``make_layer``, ``content_bytes`` of file data; (tar, regular files).
+
+    ``tag`` goes into every file name, so that layers made with different tags add files to
+    the same directories instead of replacing each other's (the symlinks are the same in all).
+    """
     rng = random.Random(seed)
     pool = _code_lines(rng, 40_000)
-    half = size_mib << 19
+    half = content_bytes >> 1
     files: list[tuple[str, bytes, int]] = []
     budget = half
     n = 0
@@ -143,7 +160,7 @@ def make_layer(size_mib: int, seed: int = SEED) -> Layer:
         size = min(budget, _log_uniform(rng, 200, 64 << 10))
         text = "\n".join(rng.choices(pool, k=size // 30 + 2)).encode()[:size]
         text += b"\n" * (size - len(text))
-        files.append((f"usr/lib/python3/dist-packages/pkg{n % 60}/sub{n // 60 % 4}/mod_{n}.py", text, 0o644))
+        files.append((f"usr/lib/python3/dist-packages/pkg{n % 60}/sub{n // 60 % 4}/mod_{n}{tag}.py", text, 0o644))
         budget -= size
         n += 1
     budget = half
@@ -152,7 +169,7 @@ def make_layer(size_mib: int, seed: int = SEED) -> Layer:
         size = min(budget, _log_uniform(rng, 4 << 10, 4 << 20))
         ext = ".so" if m % 3 else ".bin"
         mode = 0o755 if m % 5 == 0 else 0o644
-        files.append((f"usr/lib/x86_64-linux-gnu/lib{m % 11}/obj_{m}{ext}", rng.randbytes(size), mode))
+        files.append((f"usr/lib/x86_64-linux-gnu/lib{m % 11}/obj_{m}{tag}{ext}", rng.randbytes(size), mode))
         budget -= size
         m += 1
     rng.shuffle(files)
@@ -178,27 +195,22 @@ def make_layer(size_mib: int, seed: int = SEED) -> Layer:
             info = tarfile.TarInfo(f"usr/bin/tool{k}")
             info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, f"../lib/x86_64-linux-gnu/lib{k % 11}", 0o777, 1_700_000_000
             tar.addfile(info)
-    raw = buf.getvalue()
-    return Layer(
-        gz=gzip.compress(raw, compresslevel=6, mtime=0),
-        tar_bytes=len(raw),
-        files=len(files),
-        text_bytes=half,
-        random_bytes=half,
-    )
+    return buf.getvalue(), len(files)
 
 
 # -- measurements ------------------------------------------------------------------------------
 
-def _timed_shell(script: str, expect: str | None = None) -> float:
+def _timed_shell(script: str, expect: str | tuple[str, ...] | None = None) -> float:
+    """Seconds ``script`` takes; it must succeed and print ``expect`` (each of them, for a tuple)."""
     os.sync()  # every cold measurement starts with no dirty pages waiting (see work_filesystem)
     start = time.perf_counter()
     result = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{script!r} failed ({result.returncode}): {result.stderr}")
-    if expect is not None and expect not in result.stdout:
-        raise RuntimeError(f"{script!r} printed {result.stdout!r}, not the digest {expect}")
+    for digest in (expect,) if isinstance(expect, str) else expect or ():
+        if digest not in result.stdout:
+            raise RuntimeError(f"{script!r} printed {result.stdout!r}, not the digest {digest}")
     return elapsed
 
 
@@ -263,16 +275,36 @@ class ModeResult:
     unpublish: list[float] = field(default_factory=list)
 
 
-def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_files: int) -> float:
-    """One cold publish on a fresh driver and state dir; everything it wrote is deleted after."""
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (``/proc/PID/stat``, clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fuse_pid(state: Path) -> int:
+    """The FUSE view process that ``serve`` started for ``state``."""
+    out = subprocess.run(["pgrep", "-f", f"csi_driver fuse --state-dir {state}"], capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_files: int,
+                 cpu: list[float] | None = None) -> float:  # fmt: skip
+    """One cold publish on a fresh driver and state dir; everything it wrote is deleted after.
+
+    ``cpu`` gets the CPU seconds that ``serve`` (and the FUSE view) spent during the RPC.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f"cold-{mode}-", dir=base))
     with run_driver(tmp, registry, mode) as driver:
         target = target_for(tmp / "kubelet", "pod-cold", "image")
         request = publish_request(target, {"reference": reference})
+        pids = [driver.process.pid] + ([fuse_pid(driver.state_dir)] if mode == "fuse" else [])
         os.sync()
+        used = sum(map(process_cpu, pids))
         start = time.perf_counter()
         driver.publish(request)
         elapsed = time.perf_counter() - start
+        if cpu is not None:
+            cpu.append(sum(map(process_cpu, pids)) - used)
         found = sum(len(files) for _, _, files in os.walk(target))
         if found < expect_files:
             raise RuntimeError(f"{mode}: the volume shows {found} files, expected at least {expect_files}")
@@ -412,16 +444,17 @@ def report(args: argparse.Namespace, layer: Layer, floors: dict[str, list[float]
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str) -> None:
+def write_results(section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the old one."""
     header = (
         "# Benchmark results\n\n"
         "Numbers from `bench/bench_publish.py`; the section between the markers is rewritten by each run,\n"
         "the notes below it are written by hand.\n\n"
     )
     old = RESULTS.read_text() if RESULTS.exists() else header
-    if BEGIN in old and END in old:
-        before, rest = old.split(BEGIN, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
+    if begin in old and end in old:
+        before, rest = old.split(begin, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + section + ("\n" + after if after else "")
     else:
         text = old.rstrip("\n") + "\n\n" + section

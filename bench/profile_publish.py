@@ -1,12 +1,15 @@
 """Where a publish spends its time: py-spy samples the real ``serve`` process during publishes.
 
     unshare -m --propagation private .venv/bin/python bench/profile_publish.py \\
-        --phase cold|warm [--mode fuse|bind] [--volumes 200] [--size-mib 64] [--rate 1000]
+        --phase cold|warm [--mode fuse|bind] [--volumes 200] [--size-mib 64] [--rate 1000] \\
+        [--image single|layers]
 
 Starts the loopback registry and the driver as ``bench_publish.py`` does, attaches
 ``py-spy record --format raw`` (pip install py-spy into the venv) to ``serve`` (and, in
 fuse mode, with ``--fuse`` to the FUSE view process instead) while it runs the phase, and
-prints the functions with the most samples, inclusive and self. The raw collapsed stacks
+prints the functions with the most samples, inclusive and self. ``--image layers`` publishes
+``bench_image.py``'s 3-layer image (gzip, zstd, plain tar; ``--size-mib`` for all three)
+instead of one gzip layer. The raw collapsed stacks
 stay in ``--out`` for a flame graph (``flamegraph.pl`` or speedscope.app).
 """
 
@@ -32,7 +35,7 @@ from registry_server import run_registry  # noqa: E402
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-RPC_FRAMES = ("NodePublishVolume", "NodeUnpublishVolume", "_Inflater._run")
+RPC_FRAMES = ("NodePublishVolume", "NodeUnpublishVolume", "_Inflater._run", "_ensure_layer")
 
 
 def summarize(raw: Path, top: int, rate: int, only_rpcs: bool) -> None:
@@ -69,11 +72,6 @@ def summarize(raw: Path, top: int, rate: int, only_rpcs: bool) -> None:
         print(f"  {n * to_ms:8.1f}  {name}")
 
 
-def fuse_pid(state: Path) -> int:
-    out = subprocess.run(["pgrep", "-f", f"csi_driver fuse --state-dir {state}"], capture_output=True, text=True)
-    return int(out.stdout.split()[0])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=("cold", "warm"), required=True)
@@ -81,6 +79,8 @@ def main() -> int:
     parser.add_argument("--fuse", action="store_true", help="sample the FUSE view process, not serve")
     parser.add_argument("--volumes", type=int, default=200)
     parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--image", choices=("single", "layers"), default="single",
+                        help="one gzip layer (bench_publish) or bench_image's 3-layer image")  # fmt: skip
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--idle", action="store_true", help="also sample threads blocked in syscalls (wall clock)")
@@ -90,16 +90,21 @@ def main() -> int:
     if not PY_SPY.exists():
         parser.error(f"{PY_SPY} is missing: {sys.executable} -m pip install py-spy")
     enter_private_namespace()
-    layer = bench.make_layer(args.size_mib)
+    if args.image == "single":
+        layers = [(bench.make_layer(args.size_mib).gz, bench.OCI_TAR_GZIP)]
+    else:
+        import bench_image
+
+        layers = [(blob.data, blob.media_type) for blob in bench_image.make_image(args.size_mib)]
     with bench.work_filesystem(args.workdir) as (base, _):
-        return profile(args, layer, base)
+        return profile(args, layers, base)
 
 
-def profile(args: argparse.Namespace, layer: bench.Layer, base: Path) -> int:
+def profile(args: argparse.Namespace, layers: list[tuple[bytes, str]], base: Path) -> int:
     out = Path(args.out)
     out.unlink(missing_ok=True)
     with run_registry(base / "registry") as registry:
-        pushed = push_image(registry, "bench/image:v1", [(layer.gz, bench.OCI_TAR_GZIP)], base / "push")
+        pushed = push_image(registry, "bench/image:v1", layers, base / "push")
         (base / "drv").mkdir()
         with run_driver(base / "drv", registry, args.mode) as driver:
             kubelet = base / "drv" / "kubelet"
@@ -109,7 +114,7 @@ def profile(args: argparse.Namespace, layer: bench.Layer, base: Path) -> int:
             ]
             if args.phase == "warm":
                 driver.publish(reqs[0])  # make the digest warm before sampling
-            pid = fuse_pid(driver.state_dir) if args.fuse else driver.process.pid
+            pid = bench.fuse_pid(driver.state_dir) if args.fuse else driver.process.pid
             spy = subprocess.Popen(
                 [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(args.rate), "--format", "raw",
                  "--output", str(out), "--threads", "--nonblocking", *(["--idle"] if args.idle else [])],

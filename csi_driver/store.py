@@ -106,6 +106,14 @@ def decoded_relpath(digest: str) -> str:
     return f"layers/sha256/{digest_hex(digest)}.tar"
 
 
+# The most bytes one inflate step may produce, so that memory stays bounded whatever the ratio:
+# a 1 MiB chunk of gzip can hold 1 GiB of zeros. zlib takes a max_length; zstd's decompressobj
+# does not, so it is fed slices small enough that its ratio (at most ~32768:1, one RLE block of
+# 128 KiB in 4 bytes) keeps a step under 32 MiB; that costs ~1 % of a real layer's inflate time.
+_PIECE = 1 << 20
+_ZSTD_SLICE = 1024
+
+
 class _Decoder:
     """Streaming gzip/zstd inflater that also follows concatenated members/frames."""
 
@@ -118,14 +126,40 @@ class _Decoder:
             return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         return zstandard.ZstdDecompressor().decompressobj()
 
-    def feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            out.append(self._obj.decompress(data))
-            data = self._obj.unused_data if self._eof() else b""
-            if data:
-                self._obj = self._new()
-        return b"".join(out)
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The inflated bytes of ``data``, in pieces of bounded size."""
+        if self.compression == "gzip":
+            yield from self._gzip(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), _ZSTD_SLICE):
+            piece: bytes | memoryview = view[start : start + _ZSTD_SLICE]
+            while piece:
+                out = self._obj.decompress(piece)
+                if out:
+                    yield out
+                piece = self._next_member()
+
+    def _gzip(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            out = self._obj.decompress(data, _PIECE)
+            if out:
+                yield out
+            if self._eof():  # (whose unconsumed_tail then repeats unused_data: never read it)
+                data = self._next_member()
+                if not data:
+                    return
+                continue
+            data = self._obj.unconsumed_tail
+            if not data and len(out) < _PIECE:  # all read, and nothing left pending inside zlib
+                return
+
+    def _next_member(self) -> bytes:
+        """After a member/frame ends, what follows it (with a fresh decoder for it), else b""."""
+        data = self._obj.unused_data if self._eof() else b""
+        if data:
+            self._obj = self._new()
+        return data
 
     def _eof(self) -> bool:
         return bool(getattr(self._obj, "eof", False))
@@ -191,14 +225,14 @@ class _Inflater:
                 if chunk is _END or chunk is _ABORT:
                     marker = chunk
                     break
-                data = decoder.feed(chunk)
-                self._decoded += len(data)
-                if self._limit is not None and self._decoded > self._limit:
-                    raise errors.ResourceExhausted(
-                        f"{self._what}: inflates to more than {self._limit} bytes, the limit set by "
-                        "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
-                    )
-                self._out.write(data)
+                for data in decoder.feed(chunk):
+                    self._decoded += len(data)
+                    if self._limit is not None and self._decoded > self._limit:
+                        raise errors.ResourceExhausted(
+                            f"{self._what}: inflates to more than {self._limit} bytes, the limit set by "
+                            "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
+                        )
+                    self._out.write(data)
             if marker is _END:
                 decoder.finish()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by close()/abort()
