@@ -334,8 +334,10 @@ def _read(tree: _Tree, state_dir: Path, source: str, layer: Layer) -> _Archive:
                         break
                     tar.members.clear()  # tarfile keeps every member it reads; we keep our own
                     member = _Member.of(info)
-                if member.size < 0:  # tarfile would seek backwards; a file would cancel out bytes counted
-                    raise _unsafe(layer, member.name, f"has a negative size ({member.size})")
+                if member.size < 0 or tar.offset < member.offset_data:
+                    # A negative size (also a sparse header's, which tarfile hides behind the real
+                    # size) would move the next header backwards, or cancel out bytes counted.
+                    raise _unsafe(layer, member.name, "has a negative size")
                 tree.count(layer)
                 members.append(member)
                 if tar.offset > size:  # the next header would lie past the end of the file

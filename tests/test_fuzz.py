@@ -87,6 +87,9 @@ def test_build_tree_never_places_an_entry_outside_the_tree_or_through_a_symlink(
 
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(min_value=0, max_value=2**63))
+@example(seed=153174)  # the long run's finds: a GNU sparse header with a huge negative size
+@example(seed=497813)
+@example(seed=970871)
 def test_build_tree_on_byte_level_hostile_archives_and_the_fast_parser_agrees_with_tarfile(seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)

@@ -74,6 +74,17 @@ def ustar_name_bytes(raw: bytes) -> Blob:
     return Blob(gz(bytes(archive)), TGZ)
 
 
+def sparse_with_negative_size() -> Blob:
+    """A GNU sparse header whose size field is a huge negative base-256 number, then a file:
+    tarfile takes the next header to be ~2**88 bytes *before* this one (found by the long
+    fuzzing run, seeds 153174 and 497813: it crashed the layout with an OverflowError)."""
+    archive = bytearray(tar(special("sparse", tarfile.GNUTYPE_SPARSE), f("after", b"y"), fmt=tarfile.GNU_FORMAT))
+    archive[124:136] = b"\xff" + b"\0" * 11
+    archive[148:156] = b" " * 8
+    archive[148:156] = b"%06o\0 " % (sum(archive[0:512]))
+    return Blob(gz(bytes(archive)), TGZ)
+
+
 def chained_pax_headers(count: int) -> Blob:
     """``count`` PAX extended headers in a row before one file (tarfile reads them recursively)."""
     one = tar(pax("x", b"", comment="c"))  # a pax header block + its data, then the file header
@@ -303,6 +314,8 @@ CASES = [
          lambda c: [layer(f("/".join(["d"] * (MAX_ENTRIES + 10)), b"x"))], EXHAUSTED, ("{l0}", "--max-entries")),
     Case("more_layers_than_max_layers", lambda c: [layer(f("same", b"x"))] * 129, EXHAUSTED, ("129", "--max-layers")),
     Case("pax_header_larger_than_one_mib", lambda c: [big_pax_header((1 << 20) + 4096)], INVALID, ("{l0}", "header")),
+    Case("sparse_header_with_a_negative_size_moving_the_next_header_backwards", lambda c: [sparse_with_negative_size()],
+         INVALID, ("{l0}", "sparse", "size")),
     Case("hundreds_of_chained_pax_headers", lambda c: [chained_pax_headers(2000)], INVALID, ("{l0}",)),
     # -- broken encodings ----------------------------------------------------------------------------------
     Case("truncated_gzip_layer", lambda c: [truncated(layer(f("a", os.urandom(4096))), 1000)], INVALID, ("{l0}", "gzip")),
