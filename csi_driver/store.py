@@ -40,6 +40,7 @@ from typing import BinaryIO
 import zstandard
 
 from . import errors
+from .inflate import Decoder
 from .reference import valid_digest
 from .tree import Entry, Kind
 
@@ -106,71 +107,6 @@ def decoded_relpath(digest: str) -> str:
     return f"layers/sha256/{digest_hex(digest)}.tar"
 
 
-# The most bytes one inflate step may produce, so that memory stays bounded whatever the ratio:
-# a 1 MiB chunk of gzip can hold 1 GiB of zeros. zlib takes a max_length; zstd's decompressobj
-# does not, so it is fed slices small enough that its ratio (at most ~32768:1, one RLE block of
-# 128 KiB in 4 bytes) keeps a step under 32 MiB; that costs ~1 % of a real layer's inflate time.
-_PIECE = 1 << 20
-_ZSTD_SLICE = 1024
-
-
-class _Decoder:
-    """Streaming gzip/zstd inflater that also follows concatenated members/frames."""
-
-    def __init__(self, compression: str) -> None:
-        self.compression = compression
-        self._obj = self._new()
-
-    def _new(self):  # type: ignore[no-untyped-def]
-        if self.compression == "gzip":
-            return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        return zstandard.ZstdDecompressor().decompressobj()
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """The inflated bytes of ``data``, in pieces of bounded size."""
-        if self.compression == "gzip":
-            yield from self._gzip(data)
-            return
-        view = memoryview(data)
-        for start in range(0, len(view), _ZSTD_SLICE):
-            piece: bytes | memoryview = view[start : start + _ZSTD_SLICE]
-            while piece:
-                out = self._obj.decompress(piece)
-                if out:
-                    yield out
-                piece = self._next_member()
-
-    def _gzip(self, data: bytes) -> Iterator[bytes]:
-        while True:
-            out = self._obj.decompress(data, _PIECE)
-            if out:
-                yield out
-            if self._eof():  # (whose unconsumed_tail then repeats unused_data: never read it)
-                data = self._next_member()
-                if not data:
-                    return
-                continue
-            data = self._obj.unconsumed_tail
-            if not data and len(out) < _PIECE:  # all read, and nothing left pending inside zlib
-                return
-
-    def _next_member(self) -> bytes:
-        """After a member/frame ends, what follows it (with a fresh decoder for it), else b""."""
-        data = self._obj.unused_data if self._eof() else b""
-        if data:
-            self._obj = self._new()
-        return data
-
-    def _eof(self) -> bool:
-        return bool(getattr(self._obj, "eof", False))
-
-    def finish(self) -> None:
-        """A stream cut short (inside a gzip member or a zstd frame) is an error, never a shorter tar."""
-        if not self._eof():
-            error = zlib.error if self.compression == "gzip" else zstandard.ZstdError
-            raise error(f"truncated {self.compression} stream")
-
-
 class _Inflater:
     """Inflates a layer and writes its tar in a thread of its own, chunk by chunk, in order.
 
@@ -216,23 +152,25 @@ class _Inflater:
             raise self._error
         return self._decoded
 
+    def _write(self, data: bytes) -> None:
+        self._decoded += len(data)
+        if self._limit is not None and self._decoded > self._limit:
+            raise errors.ResourceExhausted(
+                f"{self._what}: inflates to more than {self._limit} bytes, the limit set by "
+                "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
+            )
+        self._out.write(data)
+
     def _run(self) -> None:
         marker = None
         try:
-            decoder = _Decoder(self._compression)
+            decoder = Decoder(self._compression, self._write)
             while True:
                 chunk = self._queue.get()
                 if chunk is _END or chunk is _ABORT:
                     marker = chunk
                     break
-                for data in decoder.feed(chunk):
-                    self._decoded += len(data)
-                    if self._limit is not None and self._decoded > self._limit:
-                        raise errors.ResourceExhausted(
-                            f"{self._what}: inflates to more than {self._limit} bytes, the limit set by "
-                            "--max-unpacked-bytes; raise the flag if this artifact is legitimate"
-                        )
-                    self._out.write(data)
+                decoder.feed(chunk)
             if marker is _END:
                 decoder.finish()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by close()/abort()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 import threading
 import time
@@ -14,7 +15,8 @@ import pytest
 import zstandard
 
 from csi_driver import errors
-from csi_driver.store import Store, _Decoder, blob_relpath, decoded_relpath
+from csi_driver.inflate import PIECE, Decoder
+from csi_driver.store import Store, blob_relpath, decoded_relpath
 from csi_driver.tree import Entry, Kind
 
 
@@ -98,15 +100,41 @@ def test_inflating_holds_one_bounded_piece_at_a_time_whatever_the_ratio(compress
     zeros = bytes(256 << 20)
     blob = gzip.compress(zeros, 9) if compression == "gzip" else zstandard.ZstdCompressor().compress(zeros)
     blob += blob  # two members/frames
-    decoder = _Decoder(compression)
-    total, largest = 0, 0
+    sizes: list[int] = []
+
+    def emit(piece: bytes) -> None:
+        assert not piece.strip(b"\0")
+        sizes.append(len(piece))
+
+    decoder = Decoder(compression, emit)
     for chunk in chunks(blob, 1 << 20):
-        for piece in decoder.feed(chunk):
-            assert not piece.strip(b"\0")
-            total, largest = total + len(piece), max(largest, len(piece))
+        decoder.feed(chunk)
     decoder.finish()
-    assert total == 2 * len(zeros)
-    assert largest <= 32 << 20
+    assert sum(sizes) == 2 * len(zeros)
+    assert max(sizes) <= PIECE
+
+
+@pytest.mark.parametrize("cut", [1, 5, 200, -1, -4, -5])
+def test_a_zstd_stream_cut_anywhere_inside_a_frame_is_an_error(cut: int) -> None:
+    """Cut in a frame header, a block, or its checksum; the stream writer alone would not notice."""
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(a_tar() + os.urandom(4096))
+    assert len(frame) > 1000
+    whole = frame + frame
+    decoder = Decoder("zstd", lambda piece: None)
+    decoder.feed(whole[: len(frame) + cut] if cut > 0 else whole[:cut])
+    with pytest.raises(zstandard.ZstdError, match="truncated"):
+        decoder.finish()
+
+
+def test_zstd_skippable_frames_and_frames_without_checksums_are_followed() -> None:
+    skippable = (0x184D2A5A).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    plain = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False).compress(a_tar())
+    out: list[bytes] = []
+    decoder = Decoder("zstd", out.append)
+    for chunk in chunks(skippable + plain + skippable, 3):
+        decoder.feed(chunk)
+    decoder.finish()
+    assert b"".join(out) == a_tar()
 
 
 def test_concatenated_zstd_frames_inflate_whole(tmp_path: Path) -> None:
