@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import errors, layout, manifest, metrics
@@ -180,33 +181,43 @@ def _ensure_tree(
             )
         layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
         start = time.monotonic()
-        _ensure_layers(store, client, ref, layers, cfg.limits)
+        builder = layout.TreeBuilder(store.root, layers, cfg.limits)
+        _ensure_layers(store, client, ref, layers, cfg.limits, builder.fetched)
         log.debug(
             "pulled %s: %d layers, %d bytes in %.2f s",
             _where(ref, digest), len(layers), sum(layer.size for layer in layers), time.monotonic() - start,
         )  # fmt: skip
-        entries = layout.build_tree(store.root, layers, cfg.limits)
+        entries = builder.entries()
         blobs = {top, digest, *(layer.digest for layer in layers)}
         store.commit_tree(digest, entries, private=private, blobs=sorted(blobs))
     return digest
 
 
 def _ensure_layers(
-    store: Store, client: RegistryClient, ref: Reference, layers: list[layout.Layer], limits: layout.Limits
+    store: Store,
+    client: RegistryClient,
+    ref: Reference,
+    layers: list[layout.Layer],
+    limits: layout.Limits,
+    fetched: Callable[[int], None],
 ) -> None:
-    """Fetch the layers concurrently: each download overlaps another's hashing and inflating.
+    """Fetch the layers concurrently, calling ``fetched(index)`` in this thread as each is stored.
 
-    On two cores a multi-layer image is otherwise bound by one layer at a time. The first
-    failure is raised; layers not yet started are cancelled.
+    Each download overlaps another's hashing and inflating, and (through ``fetched``) the
+    reading and placing of the layers already stored; on two cores a multi-layer image is
+    otherwise bound by one step at a time. The first failure is raised; layers not yet started
+    are cancelled.
     """
     if len(layers) == 1:
         _ensure_layer(store, client, ref, layers[0], limits)
+        fetched(0)
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(layers), LAYER_WORKERS)) as pool:
-        futures = [pool.submit(_ensure_layer, store, client, ref, layer, limits) for layer in layers]
+        futures = {pool.submit(_ensure_layer, store, client, ref, layer, limits): i for i, layer in enumerate(layers)}
         try:
-            for future in futures:
+            for future in concurrent.futures.as_completed(futures):
                 future.result()
+                fetched(futures[future])
         except BaseException:
             for future in futures:
                 future.cancel()

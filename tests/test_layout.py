@@ -21,6 +21,7 @@ from csi_driver.layout import (
     UNPACK,
     Layer,
     Limits,
+    TreeBuilder,
     build_tree,
     compression,
     may_unpack,
@@ -478,3 +479,25 @@ def test_a_tar_cut_inside_its_last_files_data_is_still_refused(tmp_path: Path) -
     raw = _cut_after_last_data(tar_bytes([file("f", b"abc"), file("g", b"x" * 600)]))
     layer = put_blob(tmp_path, raw[:-1], OCI_TAR)
     assert layer.digest in refused(tmp_path, layer)
+
+
+def test_layers_handed_over_in_any_order_give_the_tree_of_manifest_order(tmp_path: Path) -> None:
+    """The pull hands layers to a TreeBuilder as they finish downloading, in any order."""
+    layers = [
+        put_tar(tmp_path, [file("a", b"first"), file("keep", b"k")], OCI_TAR),
+        put_tar(tmp_path, [file("a", b"second"), file(".wh.keep")], OCI_TAR),
+        put_tar(tmp_path, [file("b", b"third")], OCI_TAR),
+    ]
+    builder = TreeBuilder(tmp_path, layers, Limits())
+    for index in (2, 1, 0):
+        builder.fetched(index)
+    assert builder.entries() == build_tree(tmp_path, layers, Limits())
+    assert {e.path for e in builder.entries()} == {"", "a", "b"}
+
+
+def test_a_later_layers_error_waits_for_its_turn_so_the_first_broken_layer_is_named(tmp_path: Path) -> None:
+    broken = [put_blob(tmp_path, b"not a tar at all" * 64, OCI_TAR), put_blob(tmp_path, b"nor this" * 99, OCI_TAR)]
+    builder = TreeBuilder(tmp_path, broken, Limits())
+    builder.fetched(1)  # read, refused, but not raised: layer 0 comes first
+    with pytest.raises(errors.InvalidArgument, match=broken[0].digest):
+        builder.fetched(0)
