@@ -184,10 +184,21 @@ def fuse_mounts(view: Path) -> list[mounts.MountInfo]:
     return [m for m in mounts.mount_table() if m.mount_point == str(view) and m.fs_type == FS_TYPE]
 
 
+def answering_mount(view: Path) -> bool:
+    """A view is mounted at ``view`` and answers: a dead one fails ``path_state``, and the bare
+    directory left once a dead one is detached has its parent's device (so a mountinfo read
+    just before the detach cannot pass for the new view)."""
+    return (
+        bool(fuse_mounts(view))
+        and mounts.path_state(str(view)) == "ok"
+        and os.stat(view).st_dev != os.stat(view.parent).st_dev
+    )
+
+
 def wait_mounted(server: Server, timeout: float = 15.0) -> None:
     """Until the view is in mountinfo and answers (a dead view left there does not count)."""
     deadline = time.monotonic() + timeout
-    while not (fuse_mounts(server.view) and mounts.path_state(str(server.view)) == "ok"):
+    while not answering_mount(server.view):
         if server.proc.poll() is not None:
             pytest.fail(f"the view server exited with {server.proc.returncode}:\n{server.output()}")
         if time.monotonic() > deadline:
