@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import text_format
 
-from . import errors, logs, metrics
+from . import errors, hosts, logs, metrics
 from ._pb import csi_pb2_grpc
 from .cache import Budget, cache_bytes, keep_within_budget
 from .credentials import CredentialSources, Keyring
@@ -141,6 +141,7 @@ def serve(opts: ServeOptions) -> int:
     store.remove_temp_files()
     store.remove_unused_blobs(older_than=time.time())  # nothing is in flight yet: partial pulls go
     reconcile(publications, view)
+    hosts.ssl_context(hosts.TLS())  # the node's trust store takes ~20 ms: now, not in the first pod's pull
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
     node = NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials))
