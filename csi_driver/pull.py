@@ -87,11 +87,28 @@ def _pull(
                 f"{ref} is not on this node and pullPolicy is Never; pull it once with IfNotPresent or Always, "
                 "or pre-load the node"
             )
-    digest = _ensure_tree(store, client, ref, client.resolve(ref), cfg, platform, private=credentials is not None)
+    digest = _ensure_tree(store, client, ref, _resolve(store, client, ref, key, platform), cfg, platform,
+                          private=credentials is not None)  # fmt: skip
     if ref.digest:  # resolve() asked nothing, and the tree may have been on the node already
         _authorize(store, access, client, credentials, ref, digest)
     store.record_resolution(key, platform, digest)
     return digest, "registry"
+
+
+def _resolve(store: Store, client: RegistryClient, ref: Reference, key: str, platform: str) -> str:
+    """The digest ``ref`` names at the registry now.
+
+    A tag this node never resolved has no content here to reuse: its manifest is fetched by the
+    tag in one GET (stored, so ``_ensure_tree`` does not ask again) instead of a HEAD and then a
+    GET by digest, one round trip less on every first pull. Otherwise a HEAD settles it.
+    """
+    if ref.digest or store.resolution(key, platform):
+        return client.resolve(ref)
+    fetched = client.fetch_tagged(ref)
+    with store.single_flight(fetched.digest):
+        if not store.has_blob(fetched.digest):
+            store.put_bytes(fetched.digest, fetched.data)
+    return fetched.digest
 
 
 def _authorize(

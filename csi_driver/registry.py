@@ -247,9 +247,28 @@ class RegistryClient:
             header = response.headers.get("Docker-Content-Digest", "")
         if valid_digest(header):
             return header
-        with self._request(ref, "GET", path, MANIFEST_ACCEPT, subject, "resolve") as response:
+        return self.fetch_tagged(ref).digest
+
+    def fetch_tagged(self, ref: Reference) -> Manifest:
+        """The manifest the tag of ``ref`` names now, by one GET: ``resolve`` and
+        ``fetch_manifest`` in one round trip, for a reference whose manifest is needed anyway.
+
+        Its digest is the hash of the bytes; a ``Docker-Content-Digest`` that disagrees is
+        ``DATA_LOSS`` (the registry, or a proxy on the way, altered them).
+        """
+        tag = ref.tag or "latest"
+        subject = f"{ref.registry}/{ref.repository}:{tag}"
+        with self._request(ref, "GET", f"manifests/{tag}", MANIFEST_ACCEPT, subject, "resolve") as response:
+            header = response.headers.get("Docker-Content-Digest", "")
+            media_type = _media_type(response.headers.get("Content-Type", ""))
             data = self._read_manifest(response, subject)
-        return "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if valid_digest(header) and header != digest:
+            raise errors.DataLoss(
+                f"{subject}: registry {ref.registry} says the manifest is {header} but sent content with "
+                f"digest {digest}; the registry or a proxy on the way altered it; retry, and report it if it persists"
+            )
+        return Manifest(digest=digest, media_type=media_type, data=data)
 
     def fetch_manifest(self, ref: Reference, digest: str) -> Manifest:
         """The manifest ``digest`` of ``ref``'s repository, size-capped and verified."""

@@ -139,7 +139,8 @@ LIES: list[Lie] = [
     Lie("blob_bytes_that_do_not_match_their_digest", DATA_LOSS, ("{b}", "digest"),
         answers=lambda s, m, b, man, blob: {("GET", "blob"): [(200, {}, other_bytes(blob.data))]}),
     Lie("manifest_by_tag_whose_bytes_hash_differently", DATA_LOSS, ("{m}",),
-        answers=lambda s, m, b, man, blob: {("GET", "manifest-digest"): [(200, {"Content-Type": OCI_MANIFEST}, man + b" ")]}),
+        answers=lambda s, m, b, man, blob: {("GET", "manifest-tag"): [
+            (200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": m}, man + b" ")]}),
     Lie("manifest_by_digest_whose_bytes_hash_differently", DATA_LOSS, ("{m}",), by_digest=True,
         answers=lambda s, m, b, man, blob: {("GET", "manifest-digest"): [(200, {"Content-Type": OCI_MANIFEST}, other_bytes(man))]}),
     Lie("blob_larger_than_its_declared_size", DATA_LOSS, ("{b}", "more than"),
@@ -152,7 +153,7 @@ LIES: list[Lie] = [
             ("GET", "blob"): [(200, {"Content-Length": str(len(blob.data))}, body(blob.data[:100]))]}),
     Lie("blob_body_cut_short_without_a_content_length", DATA_LOSS, ("{b}",),
         answers=lambda s, m, b, man, blob: {("GET", "blob"): [(200, {}, body(blob.data[:100]))]}),
-    Lie("manifest_body_cut_short_of_its_content_length", UNAVAILABLE, ("{m}",),
+    Lie("manifest_body_cut_short_of_its_content_length", UNAVAILABLE, ("{m}",), by_digest=True,
         answers=lambda s, m, b, man, blob: {("GET", "manifest-digest"): [
             (200, {"Content-Type": OCI_MANIFEST, "Content-Length": str(len(man))}, body(man[:20]))]}),
     # -- garbage manifests ---------------------------------------------------------------------------------
@@ -183,19 +184,21 @@ LIES: list[Lie] = [
         check=check_one_file("docker-content-digest-header-that-is-a-path-is-not-trusted")),
     # -- failing, stalling, bloating -----------------------------------------------------------------------
     Lie("registry_answering_503_forever", UNAVAILABLE, ("HTTP 503",),
-        answers=lambda s, m, b, man, blob: {("HEAD", "manifest-tag"): [(503, {}, b"")]}),
+        answers=lambda s, m, b, man, blob: {(method, "manifest-tag"): [(503, {}, b"")] for method in ("HEAD", "GET")}),
     Lie("blob_answering_500_forever", UNAVAILABLE, ("{b}", "HTTP 500"),
         answers=lambda s, m, b, man, blob: {("GET", "blob"): [(500, {}, b"")]}),
     Lie("registry_that_never_answers_the_tag", UNAVAILABLE, ("--registry-timeout",),
-        answers=lambda s, m, b, man, blob: {("HEAD", "manifest-tag"): [stall((200, {}, b""))]}),
+        answers=lambda s, m, b, man, blob: {(method, "manifest-tag"): [stall((200, {}, b""))] for method in ("HEAD", "GET")}),
     Lie("blob_that_stalls_halfway", UNAVAILABLE, ("{b}",),
         answers=lambda s, m, b, man, blob: {("GET", "blob"): [
             (200, {"Content-Length": str(len(blob.data))}, body(blob.data[:50], then_stall=True))]}),
     Lie("response_header_of_100_kib", UNAVAILABLE, ("{b}",),
         answers=lambda s, m, b, man, blob: {("GET", "blob"): [(200, {"X-Pad": "p" * 100_000}, blob.data)]}),
     Lie("manifest_over_max_manifest_bytes_with_a_content_length", EXHAUSTED, ("{m}", "--max-manifest-bytes"),
-        manifest=lambda blob: json.dumps({"layers": [], "pad": "x" * FOUR_MIB}).encode()),
-    Lie("manifest_over_max_manifest_bytes_streamed_without_a_length", EXHAUSTED, ("{m}", "--max-manifest-bytes"),
+        manifest=lambda blob: json.dumps({"layers": [], "pad": "x" * FOUR_MIB}).encode(), by_digest=True),
+    Lie("manifest_by_tag_over_max_manifest_bytes", EXHAUSTED, (":v1", "--max-manifest-bytes"),
+        manifest=lambda blob: json.dumps({"layers": [], "pad": "t" * FOUR_MIB}).encode()),
+    Lie("manifest_over_max_manifest_bytes_streamed_without_a_length", EXHAUSTED, ("{m}", "--max-manifest-bytes"), by_digest=True,
         manifest=lambda blob: json.dumps({"layers": [], "pad": "y" * FOUR_MIB}).encode(),
         answers=lambda s, m, b, man, blob: {("GET", "manifest-digest"): [
             (200, {"Content-Type": OCI_MANIFEST}, body(*(man[i:i + 65536] for i in range(0, len(man), 65536))))]}),
@@ -213,7 +216,8 @@ LIES: list[Lie] = [
     # -- auth and error bodies -------------------------------------------------------------------------------
     Lie("token_service_answering_deeply_nested_json", UNAVAILABLE, ("sent no token",),
         answers=lambda s, m, b, man, blob: {
-            ("HEAD", "manifest-tag"): [(401, {"WWW-Authenticate": f'Bearer realm="http://{s.host}/token-nested"'}, b"")],
+            **{(method, "manifest-tag"): [(401, {"WWW-Authenticate": f'Bearer realm="http://{s.host}/token-nested"'}, b"")]
+               for method in ("HEAD", "GET")},
             ("GET", "/token-nested"): [(200, {"Content-Type": "application/json"}, nested(50_000))]}),
     Lie("error_body_nested_deeply_on_a_404", NOT_FOUND, ("{m}", "not found"), by_digest=True,
         answers=lambda s, m, b, man, blob: {("GET", "manifest-digest"): [(404, {"Content-Type": "application/json"}, nested(2000))]}),

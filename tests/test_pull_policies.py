@@ -57,6 +57,19 @@ def test_always_follows_a_moved_tag_and_reuses_stored_blobs(
     assert all(count == 1 for count in blob_fetches(registry, "policies/always").values())
 
 
+def test_a_first_pull_by_tag_gets_the_manifest_in_one_request_and_later_ones_ask_with_head(
+    driver: Driver, registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    push_klaus(registry, "policies/once:v1", PLUGIN_TREE, tmp_path / "a")
+    start = len(access_log(registry))
+    publish(driver, kubelet_root, "pod-1", {"reference": f"{registry}/policies/once:v1", "pullPolicy": "Always"})
+    first = [line.split(" ")[0] + " " + line.split("/")[4] for line in access_log(registry)[start:]]
+    assert first == ["GET manifests", "GET blobs"], "one round trip for the manifest, none for it by digest"
+    start = len(access_log(registry))
+    publish(driver, kubelet_root, "pod-2", {"reference": f"{registry}/policies/once:v1", "pullPolicy": "Always"})
+    assert [line.split(" ")[0] for line in access_log(registry)[start:]] == ["HEAD"]
+
+
 def test_latest_defaults_to_always(driver: Driver, registry: str, tmp_path: Path, kubelet_root: Path) -> None:
     push_klaus(registry, "policies/latest:latest", PLUGIN_TREE, tmp_path / "a")
     reference = f"{registry}/policies/latest"
