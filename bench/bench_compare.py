@@ -74,7 +74,6 @@ from artifacts import (  # noqa: E402
     push_image,
     push_klaus,
 )
-from namespace import enter_private_namespace  # noqa: E402
 from registry_server import run_registry  # noqa: E402
 
 BEGIN, END = "<!-- bench_compare:begin -->", "<!-- bench_compare:end -->"
@@ -531,16 +530,7 @@ def main() -> int:
     parser.add_argument("--volumes", type=int, default=50, help="warm mounts per tool (default 50; 0 skips warm)")
     parser.add_argument("--workdir", help="as for bench_publish.py (default: a fresh ext4 on a RAM-backed loop device)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the driver, umoci and containerd make real mounts and owners")
-    for tool in ("curl", "tar", "gzip", "zstd", "sha256sum", "tee", "skopeo", "umoci"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is missing")
-    enter_private_namespace()
-    command = " ".join(
-        ["unshare -m --propagation private .venv/bin/python bench/bench_compare.py", *map(shlex.quote, sys.argv[1:])]
-    )
+    args, command = bench.prepare(parser, ("curl", "tar", "gzip", "zstd", "sha256sum", "tee", "skopeo", "umoci"), "the driver, umoci and containerd make real mounts and owners")
     with bench.work_filesystem(args.workdir) as (base, fs_note):
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
         about = [*bench.machine(fs_note), f"- load average (1, 5, 15 min) as the run started: {load}"]

@@ -64,7 +64,6 @@ import bench_publish as bench  # noqa: E402  (puts the repo and tests/ on sys.pa
 from artifacts import push_image  # noqa: E402
 from driver import run_driver  # noqa: E402
 from kubelet import publish_request, target_for, unpublish_request  # noqa: E402
-from namespace import enter_private_namespace  # noqa: E402
 from registry_server import run_registry  # noqa: E402
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -545,16 +544,7 @@ def main() -> int:
                         help="1 GiB layers for --part rss (default: all three)")  # fmt: skip
     parser.add_argument("--workdir", help="as for bench_publish.py (default: a fresh ext4 on a RAM-backed loop device)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the driver makes real mounts")
-    for tool in ("curl", "tar", "gzip", "zstd", "sha256sum", "tee", "xargs"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is missing")
-    enter_private_namespace()
-    command = " ".join(
-        ["unshare -m --propagation private .venv/bin/python bench/bench_image.py", *map(shlex.quote, sys.argv[1:])]
-    )
+    args, command = bench.prepare(parser, ("curl", "tar", "gzip", "zstd", "sha256sum", "tee", "xargs"), "the driver makes real mounts")
     modes = ["fuse", "bind"] if args.mode == "both" else [args.mode]
     parts = ["layers", "rss"] if args.part == "both" else [args.part]
     sections = {}

@@ -45,7 +45,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -508,6 +508,21 @@ def work_filesystem(workdir: str | None) -> Iterator[tuple[Path, str]]:
 
 # -- main --------------------------------------------------------------------------------------
 
+def prepare(parser: argparse.ArgumentParser, tools: Sequence[str], why_root: str) -> tuple[argparse.Namespace, str]:
+    """What every bench script does first: parse its arguments, insist on root and the tools it
+    runs, enter a private mount namespace (no mount outlives the run, even without ``unshare -m``),
+    and return the command as run, for RESULTS.md."""
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error(f"run as root: {why_root}")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is missing")
+    enter_private_namespace()
+    script = f"bench/{Path(sys.argv[0]).name}"
+    return args, " ".join(["unshare -m --propagation private .venv/bin/python", script, *map(shlex.quote, sys.argv[1:])])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("fuse", "bind", "both"), default="both")
@@ -519,16 +534,7 @@ def main() -> int:
         help="run on this existing directory instead of a fresh journaled ext4 on a RAM-backed loop device",
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the driver makes real mounts")
-    for tool in ("curl", "tar", "gzip", "sha256sum", "python3"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is missing")
-    enter_private_namespace()  # no mount outlives the run, even without `unshare -m`
-    command = " ".join(
-        ["unshare -m --propagation private .venv/bin/python bench/bench_publish.py", *map(shlex.quote, sys.argv[1:])]
-    )
+    args, command = prepare(parser, ("curl", "tar", "gzip", "sha256sum", "python3"), "the driver makes real mounts")
     modes = ["fuse", "bind"] if args.mode == "both" else [args.mode]
 
     print(f"generating a {args.size_mib} MiB layer ...", flush=True)

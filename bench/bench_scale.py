@@ -48,7 +48,6 @@ import io
 import itertools
 import os
 import random
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -72,7 +71,6 @@ from csi_driver import mounts  # noqa: E402
 from csi_driver._pb import csi_pb2  # noqa: E402
 from driver import Driver, run_driver  # noqa: E402
 from kubelet import publish_request, target_for, unpublish_request  # noqa: E402
-from namespace import enter_private_namespace  # noqa: E402
 from registry_server import access_log, blob_fetches, run_registry  # noqa: E402
 
 BEGIN, END = "<!-- bench_scale:begin -->", "<!-- bench_scale:end -->"
@@ -618,16 +616,7 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=50, help="pods of one digest for the disk part (default 50)")
     parser.add_argument("--workdir", help="as for bench_publish.py (default: a fresh ext4 on a RAM-backed loop device)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the driver makes real mounts, and the reads part drops the page cache")
-    for tool in ("tar", "find", "du", "fincore", "pgrep"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is missing")
-    enter_private_namespace()
-    command = " ".join(
-        ["unshare -m --propagation private .venv/bin/python bench/bench_scale.py", *map(shlex.quote, sys.argv[1:])]
-    )
+    args, command = bench.prepare(parser, ("tar", "find", "du", "fincore", "pgrep"), "the driver makes real mounts, and the reads part drops the page cache")
     modes = ["fuse", "bind"] if args.mode == "both" else [args.mode]
     parts = [part for part in PARTS if part in args.parts]
     with bench.work_filesystem(args.workdir) as (base, fs_note):
