@@ -535,11 +535,7 @@ def main() -> int:
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
         about = [*bench.machine(fs_note), f"- load average (1, 5, 15 min) as the run started: {load}"]
         section = run(args, base, about, command)
-    print()
-    print(section.replace(BEGIN + "\n", "").replace(END + "\n", ""))
-    if not args.no_write:
-        bench.write_results(section, BEGIN, END)
-        print(f"wrote {bench.RESULTS.relative_to(bench.ROOT)}")
+    bench.show_and_record(section, not args.no_write, BEGIN, END)
     return 0
 
 

@@ -556,13 +556,7 @@ def main() -> int:
             run = run_layers if part == "layers" else run_rss
             sections[part] = run(args, modes, base, about, command)
     for part, section in sections.items():
-        begin, end = MARKERS[part]
-        print()
-        print(section.replace(begin + "\n", "").replace(end + "\n", ""))
-        if not args.no_write:
-            bench.write_results(section, begin, end)
-    if not args.no_write:
-        print(f"wrote {bench.RESULTS.relative_to(bench.ROOT)}")
+        bench.show_and_record(section, not args.no_write, *MARKERS[part])
     return 0
 
 

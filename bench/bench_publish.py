@@ -461,6 +461,15 @@ def write_results(section: str, begin: str = BEGIN, end: str = END) -> None:
     RESULTS.write_text(text)
 
 
+def show_and_record(section: str, write: bool, begin: str = BEGIN, end: str = END) -> None:
+    """Print a generated section and, unless ``--no-write``, put it in RESULTS.md."""
+    print()
+    print(section.replace(begin + "\n", "").replace(end + "\n", ""))
+    if write:
+        write_results(section, begin, end)
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
 # -- where the bytes land -----------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -574,11 +583,7 @@ def run(args: argparse.Namespace, layer: Layer, digest: str, base: Path, fs_note
             print(f"  warm {mode}: p50 {pct(results[mode].warm, 50) * 1000:.2f} ms", flush=True)
 
     section = report(args, layer, floors, tar, results, command, fs_note)
-    print()
-    print(section.replace(BEGIN + "\n", "").replace(END + "\n", ""))
-    if not args.no_write:
-        write_results(section)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+    show_and_record(section, not args.no_write)
     return 0
 
 

@@ -654,11 +654,7 @@ def main() -> int:
                 else:
                     lines += run_disk(args, registry, image, blob, modes, base)  # type: ignore[arg-type]
     section = "\n".join([*lines, END]) + "\n"
-    print()
-    print(section.replace(BEGIN + "\n", "").replace(END + "\n", ""))
-    if not args.no_write:
-        bench.write_results(section, BEGIN, END)
-        print(f"wrote {bench.RESULTS.relative_to(bench.ROOT)}")
+    bench.show_and_record(section, not args.no_write, BEGIN, END)
     return 0
 
 
