@@ -74,6 +74,7 @@ from artifacts import (  # noqa: E402
     push_image,
     push_klaus,
 )
+from processes import stop  # noqa: E402
 from registry_server import run_registry  # noqa: E402
 
 BEGIN, END = "<!-- bench_compare:begin -->", "<!-- bench_compare:end -->"
@@ -276,12 +277,7 @@ def run_containerd(work: Path) -> Iterator[Containerd]:
             time.sleep(0.05)
         yield daemon
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=15)
         subprocess.run(["umount", "-R", str(directory)], check=False, capture_output=True)  # anything left by a failure
         shutil.rmtree(directory, ignore_errors=True)
 

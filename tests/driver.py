@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import grpc
 
 from csi_driver import mounts
 from csi_driver._pb import csi_pb2, csi_pb2_grpc
+from processes import stop
 
 
 @dataclass
@@ -81,12 +81,7 @@ def run_driver(
         )  # fmt: skip
         channel.close()
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(process, timeout=15)
         cleanup_mounts_under(tmp)
         subprocess.run(["pkill", "-f", f"csi_driver fuse --state-dir {state}"], check=False)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import bcrypt
 
 from certs import KeyPair
+from processes import stop
 
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -95,12 +96,7 @@ def run_registry(
         _logs[f"127.0.0.1:{port}"] = log_path
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
 
 
 def _wait_until_up(process: subprocess.Popen, address: str, log_path: Path) -> None:

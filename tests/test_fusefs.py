@@ -32,6 +32,7 @@ from csi_driver import mounts
 from csi_driver.fusefs import FS_TYPE, build_tree
 from csi_driver.store import Store
 from csi_driver.tree import Entry, Kind
+from processes import stop
 
 
 
@@ -207,13 +208,7 @@ def wait_mounted(server: Server, timeout: float = 15.0) -> None:
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+    stop(server.proc, timeout=10)
     for _ in range(5):  # one lazy unmount per view left stacked there
         if not fuse_mounts(server.view):
             return
