@@ -1,7 +1,8 @@
 """Mount table and mount syscalls: read-only binds onto kubelet targets, unmounts.
 
-The kernel's mount table (``/proc/self/mountinfo``) is the only truth about what is
-mounted; nothing here guesses from directories or records. The syscalls go
+The kernel is the only truth about what is mounted: its mount table
+(``/proc/self/mountinfo``) or, for "is this path a mount point?", ``statx``'s mount
+root flag; nothing here guesses from directories, device numbers or records. The syscalls go
 through libc directly (ctypes) rather than ``mount(8)``: a warm publish is two
 syscalls, not two subprocesses.
 """
@@ -12,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,14 @@ MNT_DETACH = 0x2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_NO_AUTOMOUNT = 0x800
+AT_STATX_DONT_SYNC = 0x4000  # a FUSE root answers from the kernel's cache, even when its server is dead
+STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX_SIZE = 256  # struct statx; stx_attributes at offset 8, stx_attributes_mask at 56
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,33 @@ def find_mount(path: str) -> MountInfo | None:
     return found
 
 
+def _mount_root_flag(path: str) -> bool | None:
+    """The kernel's own answer to "is ``path`` the root of a mount?" (``statx``, Linux 5.8+).
+
+    None when it cannot say: an older kernel that does not report the attribute, or a
+    path the kernel cannot stat (a dead view beneath it).
+    """
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC
+    if _libc.statx(AT_FDCWD, path.encode(errors="surrogateescape"), flags, 0, buf) != 0:
+        return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
+    attributes, supported = struct.unpack_from("<Q", buf, 8)[0], struct.unpack_from("<Q", buf, 56)[0]
+    if not supported & STATX_ATTR_MOUNT_ROOT:
+        return None
+    return bool(attributes & STATX_ATTR_MOUNT_ROOT)
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether something is mounted at exactly ``path``: what publish and unpublish ask.
+
+    One syscall instead of reading the mount table: the kernel formats every line of
+    ``/proc/self/mountinfo`` on each read, which at 1,000 volumes costs milliseconds per
+    call. Where ``statx`` cannot say, the table decides.
+    """
+    flag = _mount_root_flag(path)
+    return find_mount(path) is not None if flag is None else flag
+
+
 def _check(result: int, what: str, path: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
@@ -118,7 +155,7 @@ def unmount(target: str) -> None:
     if _libc.umount2(target.encode(), 0) == 0:
         return
     err = ctypes.get_errno()
-    if err == errno.ENOENT or (err == errno.EINVAL and find_mount(target) is None):
+    if err == errno.ENOENT or (err == errno.EINVAL and not is_mount_point(target)):
         return
     if err in (errno.ENOTCONN, errno.EBUSY, errno.EIO):
         _check(_libc.umount2(target.encode(), MNT_DETACH), "lazy unmount of", target)

@@ -85,7 +85,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if pub is None or pub.target != path:
             raise errors.NotFound(f"volume {volume_id} is not published at {path} on this node")
         size, entries = self.store.usage(pub.digest)
-        state = mounts.path_state(path) if mounts.find_mount(path) else "not mounted"
+        state = mounts.path_state(path) if mounts.is_mount_point(path) else "not mounted"
         message = f"{pub.reference} ({pub.digest}) via the {pub.mode} view"
         if state != "ok":
             message = f"{message}: the mount is {'dead' if state == 'dead' else state}; the driver is repairing it"
@@ -107,7 +107,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     f"target {spec.target_path} already holds {existing.reference} "
                     f"(volume {existing.volume_id}); unpublish it first"
                 )
-            if existing and mounts.find_mount(spec.target_path):
+            if existing and mounts.is_mount_point(spec.target_path):
                 return csi_pb2.NodePublishVolumeResponse()
             creds = self.keyring.for_pod(spec.secrets, spec.reference)
             digest = pull(
@@ -135,7 +135,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def _mount(source: str, target: str, digest: str) -> None:
         """Bind the view onto the target; a target we created is removed again on failure."""
         created = mounts.make_target(target)
-        if mounts.find_mount(target) is not None:
+        if not created and mounts.is_mount_point(target):
             return
         try:
             mounts.bind_readonly(source, target)
@@ -148,7 +148,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = check_volume_id(request.volume_id)
         target = check_target_path(request.target_path)
         with self.locks.hold(volume_id):
-            while mounts.find_mount(target) is not None:
+            while mounts.is_mount_point(target):
                 mounts.unmount(target)
             try:
                 os.rmdir(target)

@@ -22,7 +22,7 @@ log = logging.getLogger("oci-volume-csi")
 
 def _rebind(pub: Publication, view: BindView | FuseView) -> None:
     """Replace whatever is at the target (a dead mount, or nothing) with a fresh bind."""
-    while mounts.find_mount(pub.target) is not None:
+    while mounts.is_mount_point(pub.target):
         mounts.unmount(pub.target)
     mounts.make_target(pub.target)
     mounts.bind_readonly(view.path_for(pub.digest), pub.target)
@@ -35,7 +35,7 @@ def reconcile(publications: Publications, view: BindView | FuseView) -> None:
             log.info("dropping the record of %s: its pod directory %s is gone", pub.volume_id, pub.target)
             publications.drop(pub.volume_id)
             continue
-        if mounts.find_mount(pub.target) is not None and mounts.path_state(pub.target) == "ok":
+        if mounts.is_mount_point(pub.target) and mounts.path_state(pub.target) == "ok":
             continue
         try:
             _rebind(pub, view)

@@ -404,6 +404,7 @@ def test_restart_replaces_a_dead_view(server: Server, state: Path, tree: Tree, t
     server.proc.kill()
     server.proc.wait()
     assert mounts.path_state(str(server.view)) == "dead"
+    assert mounts.is_mount_point(str(server.view)), "a dead view is still a mount point"
 
     second = start_server(state, tmp_path / "fuse2.log")
     try:

@@ -54,3 +54,48 @@ def test_mount_table_unescapes_octal_fields(tmp_path: Path) -> None:
     table.write_text("36 35 98:0 /mnt\\040x /a\\040b rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n")
     (info,) = mounts.mount_table(str(table))
     assert (info.mount_point, info.root, info.fs_type) == ("/a b", "/mnt x", "ext3")
+
+
+def test_is_mount_point_answers_as_the_mount_table_does(tmp_path: Path, source: Path) -> None:
+    target = tmp_path / "mount"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert not mounts.is_mount_point(str(target))
+    mounts.bind_readonly(str(source), str(target))
+    try:
+        assert mounts.is_mount_point(str(target))
+        assert not mounts.is_mount_point(str(target / "file"))
+        assert not mounts.is_mount_point(str(tmp_path))
+        assert not mounts.is_mount_point(str(link))  # as in mountinfo: the link itself is no mount point
+    finally:
+        mounts.unmount(str(target))
+    assert not mounts.is_mount_point(str(target))
+    assert not mounts.is_mount_point(str(tmp_path / "missing"))
+
+
+def test_is_mount_point_sees_same_file_system_binds_and_stacked_mounts(tmp_path: Path, source: Path) -> None:
+    """A bind from the same file system keeps st_dev, so only the kernel's mount root flag can tell."""
+    target = tmp_path / "mount"
+    target.mkdir()
+    mounts.bind_readonly(str(source), str(target))
+    mounts.bind_readonly(str(source), str(target))
+    mounts.unmount(str(target))
+    assert mounts.is_mount_point(str(target))
+    mounts.unmount(str(target))
+    assert not mounts.is_mount_point(str(target))
+
+
+def test_is_mount_point_falls_back_to_the_table_when_statx_cannot_say(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels before 5.8 do not report STATX_ATTR_MOUNT_ROOT; the table decides there."""
+    monkeypatch.setattr(mounts, "_mount_root_flag", lambda path: None)
+    target = tmp_path / "mount"
+    target.mkdir()
+    assert not mounts.is_mount_point(str(target))
+    mounts.bind_readonly(str(source), str(target))
+    try:
+        assert mounts.is_mount_point(str(target))
+    finally:
+        mounts.unmount(str(target))

@@ -31,7 +31,7 @@ def _state(path: str) -> tuple[Store, Publications]:
 
 def health(target: str) -> str:
     """``ok``, ``dead`` (a mount whose FUSE view is gone; ``serve`` re-binds it) or ``not mounted``."""
-    if mounts.find_mount(target) is None:
+    if not mounts.is_mount_point(target):
         return "not mounted"
     return mounts.path_state(target)
 
