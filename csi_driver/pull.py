@@ -58,7 +58,7 @@ def pull(
     try:
         digest, source = _pull(store, ref, policy, credentials, cfg, access, platform)
     except errors.DriverError as exc:
-        metrics.PULLS.labels(exc.code.name).inc()
+        metrics.PULLS.labels(exc.code).inc()
         raise
     metrics.PULLS.labels(source).inc()
     return digest

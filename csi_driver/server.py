@@ -77,7 +77,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             except errors.DriverError as exc:
-                code, message = exc.code, exc.message
+                code, message = grpc.StatusCode[exc.code], exc.message
             except NotImplementedError:  # grpc's default servicer methods raise it
                 code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this driver"
             except Exception:  # noqa: BLE001 - the one place that must catch everything

@@ -465,3 +465,10 @@ def test_build_tree_adds_unlisted_parents_and_drops_entries_below_files() -> Non
     assert paths["a"].entry.kind is Kind.DIR and paths["a"].entry.mode == 0o755
     assert paths["a"].children == {b"b": paths["a/b"].ino}
     assert paths[""].subdirs == 1
+
+
+def test_view_process_loads_no_grpc_layer() -> None:
+    """The view runs on every node beside ``serve``; the gRPC layer would add ~15 MB to it."""
+    code = "import sys, csi_driver.__main__, csi_driver.fusefs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'prometheus_client')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

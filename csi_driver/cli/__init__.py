@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, *context: object) -> int:
     try:
         return handler(args, *context)
     except errors.DriverError as exc:
-        print(f"{where}: {exc.code.name}: {exc.message}", file=sys.stderr)
+        print(f"{where}: {exc.code}: {exc.message}", file=sys.stderr)
     except grpc.RpcError as exc:
         print(f"{where}: the driver answered {exc.code().name}: {exc.details()}", file=sys.stderr)
     except KeyboardInterrupt:

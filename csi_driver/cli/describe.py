@@ -137,7 +137,7 @@ def _report(
     if digest is not None:
         report["volume"] = _volume(store.load_tree(digest))
     if error is not None:
-        report["error"] = {"code": error.code.name, "message": error.message}
+        report["error"] = {"code": error.code, "message": error.message}
     return report
 
 
