@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 
-from csi_driver import mounts
+from csi_driver import fusefs, mounts
 from csi_driver.fusefs import FS_TYPE, build_tree
 from csi_driver.store import Store
 from csi_driver.tree import Entry, Kind
@@ -472,3 +473,28 @@ def test_view_process_loads_no_grpc_layer() -> None:
     code = "import sys, csi_driver.__main__, csi_driver.fusefs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'prometheus_client')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("cached", [0, 3, 10], ids=["nothing-cached", "part-cached", "all-cached"])
+def test_reads_take_what_the_page_cache_has_and_the_rest_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: int
+) -> None:
+    """``RWF_NOWAIT`` answers on the loop only what is cached; the rest is read in a thread."""
+    source = tmp_path / "layer.tar"
+    source.write_bytes(b"0123456789abcdef")
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list, pos: int, flags: int = 0) -> int:
+        if flags & os.RWF_NOWAIT:
+            if not cached:
+                raise BlockingIOError(errno.EAGAIN, "not cached")
+            return real_preadv(fd, [buffers[0][:cached]], pos)
+        return real_preadv(fd, buffers, pos)
+
+    monkeypatch.setattr(fusefs.os, "preadv", preadv)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        assert bytes(trio.run(fusefs._pread, fd, 10, 4)) == b"456789abcd"
+        assert bytes(trio.run(fusefs._pread, fd, 10, 12)) == b"cdef"  # the source ends early
+    finally:
+        os.close(fd)
