@@ -265,13 +265,16 @@ def build(state: Path, placed: list[Layer], limits: Limits = LIMITS) -> list[Ent
 
 
 def plain_tarfile_only() -> object:
-    """A context in which layout reads every header with tarfile (its fast path switched off)."""
+    """A context in which layout reads every header with tarfile (its fast paths switched off)."""
     import contextlib
     from unittest import mock
 
     if not hasattr(layout, "_plain_header"):
         return contextlib.nullcontext()
-    return mock.patch.object(layout, "_plain_header", lambda *args, **kwargs: None)
+    stack = contextlib.ExitStack()
+    for fast in ("_plain_header", "_pax_member"):
+        stack.enter_context(mock.patch.object(layout, fast, lambda *args, **kwargs: None))
+    return stack
 
 
 def same(a: list[Entry] | errors.DriverError, b: list[Entry] | errors.DriverError) -> bool:

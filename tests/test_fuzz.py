@@ -99,6 +99,55 @@ def test_build_tree_on_byte_level_hostile_archives_and_the_fast_parser_agrees_wi
             assert fuzzing.same(got, fuzzing.build(state, placed)), seed
 
 
+PAX_KEYS = ["path", "linkpath", "size", "uid", "gid", "mtime", "atime", "uname", "comment", "hdrcharset",
+            "GNU.sparse.name", "GNU.sparse.size", "SCHILY.xattr.user.a"]  # fmt: skip
+PAX_VALUES = ["a", "a/", "./b/c", "../x", "/etc/x", "5", "-1", "0", "1.5", "nan", " 7 ", "1_0", "x", "BINARY", ""]
+
+
+def pax_archive(records: list[tuple[str, bytes]], kind: bytes, size: int, cut: int) -> bytes:
+    """Two members, each after a pax ``x`` header of ``records`` (cut to ``cut`` bytes when less),
+    then a plain one: tarfile reads the first itself when it opens the archive, the second is the
+    fast parser's, the third shows where the second said the next header starts (tarfile ends an
+    archive quietly at a bad header)."""
+    body = b"".join(fuzzing._pax_record(key.encode(), value) for key, value in records)[:cut]
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(body)
+    out = b""
+    for name in ("first", "second", "third"):
+        member = tarfile.TarInfo(f"{name}/" if kind == tarfile.DIRTYPE else name)
+        member.type, member.size, member.uid, member.gid, member.mtime = kind, size, 7, 8, 1_700_000_000
+        member.linkname = "target" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+        data = b"d" * size if kind == tarfile.REGTYPE else b""
+        if name != "third":
+            out += pax.tobuf(tarfile.USTAR_FORMAT) + fuzzing._padded(body)
+        out += member.tobuf(tarfile.USTAR_FORMAT) + fuzzing._padded(data)
+    return out + b"\0" * 1024
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(
+        st.tuples(st.sampled_from(PAX_KEYS), st.sampled_from(PAX_VALUES).map(str.encode) | st.binary(max_size=8)),
+        max_size=4,
+    ),
+    kind=st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]),
+    size=st.sampled_from([0, 3, 600]),
+    cut=st.integers(min_value=0, max_value=200),
+)
+def test_pax_headers_read_by_the_fast_parser_as_tarfile_reads_them(records, kind, size, cut) -> None:
+    """Tools that write a pax header before every entry (Python's tarfile, oras-go) take the fast path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        data = pax_archive(records, kind, size, cut)
+        digest = "sha256:%064x" % 1
+        (state / blob_relpath(digest)).parent.mkdir(parents=True, exist_ok=True)
+        (state / blob_relpath(digest)).write_bytes(data)
+        placed = [Layer(digest, fuzzing.TAR, {}, len(data))]
+        got = fuzzing.build(state, placed)
+        with fuzzing.plain_tarfile_only():
+            assert fuzzing.same(got, fuzzing.build(state, placed))
+
+
 def test_the_byte_level_generator_reaches_both_answers() -> None:
     """A generator that only ever produced refusals (or only trees) would prove little."""
     with tempfile.TemporaryDirectory() as tmp:
