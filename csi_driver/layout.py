@@ -15,7 +15,7 @@ import re
 import struct
 import tarfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from csi_driver import errors
@@ -624,7 +624,7 @@ def _entry(
         if node is None or node.kind is not Kind.FILE:
             why = f"is a hardlink to {member.linkname!r}, not to a regular file earlier in the tree"
             raise _unsafe(layer, member.name, why)
-        return replace(node, path=path)
+        return node._replace(path=path)
     if member.isreg():
         if member.issparse():
             raise errors.InvalidArgument(

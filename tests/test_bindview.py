@@ -13,7 +13,6 @@ import tarfile
 import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,7 @@ def sample_entries(state: Path, owner: int | None = None) -> list[Entry]:
     if owner is None:
         return entries
     # An unprivileged builder can only give files its own uid and gid.
-    return [replace(entry, uid=owner, gid=owner) for entry in entries]
+    return [entry._replace(uid=owner, gid=owner) for entry in entries]
 
 
 def walk(root: Path) -> Iterator[Entry]:
@@ -110,7 +109,7 @@ def walk(root: Path) -> Iterator[Entry]:
 
 def assert_matches(state: Path, root: Path, entries: Sequence[Entry]) -> None:
     on_disk = {entry.path: entry for entry in walk(root)}
-    assert on_disk == {entry.path: replace(entry, source="", offset=0) for entry in entries}
+    assert on_disk == {entry.path: entry._replace(source="", offset=0) for entry in entries}
     for entry in entries:
         if entry.kind is Kind.FILE:
             with open(state / entry.source, "rb") as source:
@@ -205,7 +204,7 @@ def test_failure_leaves_no_temp_dir(tmp_path: Path) -> None:
 def test_source_shorter_than_its_entry_is_data_loss(tmp_path: Path) -> None:
     entries = sample_entries(tmp_path)
     notes = next(entry for entry in entries if entry.path == "docs/notes.txt")
-    entries[entries.index(notes)] = replace(notes, size=notes.size + 1)
+    entries[entries.index(notes)] = notes._replace(size=notes.size + 1)
     with pytest.raises(errors.DataLoss, match="docs/notes.txt"):
         materialize(tmp_path, DIGEST, entries)
     assert os.listdir(tmp_path / "tmp") == []
