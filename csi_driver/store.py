@@ -2,7 +2,7 @@
 
 Layout under the state dir::
 
-    store.db                      SQLite (WAL): blobs, trees, tree entries, resolutions
+    store.db                      SQLite (WAL): blobs, trees, tree listings, resolutions
     blobs/sha256/<hex>            every blob exactly as the registry served it, verified
     layers/sha256/<hex>.tar       the uncompressed tar of a compressed tar-family layer
     tmp/                          work files; renamed into place only once verified
@@ -17,6 +17,11 @@ Why this shape:
 - A tree counts as present only once its row in ``trees`` is committed, in the same
   transaction as its entries, after every blob it points at is in place. That row
   is what "complete" means for everything downstream.
+- A tree's entries are one ``marshal``-packed row (``listings``), not a row per entry:
+  a 12,000-entry image commits in ~9 ms instead of ~25 and loads in ~7 ms instead of
+  ~19, both on the cold-publish path (bench/RESULTS.md). The data is the driver's own,
+  never a registry's. Trees committed by earlier versions, as rows of ``entries``,
+  still load.
 - ``single_flight`` gives one lock per digest, so twenty volumes asking for one new
   artifact at once cause one download.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import marshal
 import os
 import queue
 import shutil
@@ -42,7 +48,7 @@ import zstandard
 from . import errors
 from .inflate import Decoder
 from .reference import valid_digest
-from .tree import Entry, Kind
+from .tree import KINDS, Entry, Kind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -59,6 +65,11 @@ CREATE TABLE IF NOT EXISTS trees (
     bytes INTEGER NOT NULL,
     private INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS listings (
+    tree TEXT PRIMARY KEY,
+    entries BLOB NOT NULL
+);
+-- A row per entry, as versions before ``listings`` wrote them: read and removed, never written.
 CREATE TABLE IF NOT EXISTS entries (
     tree TEXT NOT NULL,
     path TEXT NOT NULL,
@@ -363,15 +374,10 @@ class Store:
         """
         now = time.time()
         size = sum(e.size for e in entries if e.kind is Kind.FILE)
+        packed = marshal.dumps([(e.path, e.kind.value, *e[2:]) for e in entries])
         with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?)", (digest, packed))
             db.execute("DELETE FROM entries WHERE tree = ?", (digest,))
-            db.executemany(
-                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (digest, e.path, e.kind.value, e.mode, e.uid, e.gid, e.mtime, e.size, e.link, e.source, e.offset)
-                    for e in entries
-                ),
-            )
             db.executemany("INSERT OR IGNORE INTO tree_blobs VALUES (?, ?)", ((digest, b) for b in blobs))
             db.execute(
                 "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes, private) "
@@ -389,12 +395,17 @@ class Store:
         return bool(row and row[0])
 
     def load_tree(self, digest: str) -> list[Entry]:
-        rows = self._conn().execute(
-            "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries "
-            "WHERE tree = ? ORDER BY path",
-            (digest,),
-        )
-        return [Entry(p, Kind(k), m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows]
+        """The entries of a tree in the order they were committed (parents first)."""
+        row = self._conn().execute("SELECT entries FROM listings WHERE tree = ?", (digest,)).fetchone()
+        if row is not None:
+            rows = marshal.loads(row[0])
+        else:  # committed by an earlier version of the driver
+            rows = self._conn().execute(
+                "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries "
+                "WHERE tree = ? ORDER BY path",
+                (digest,),
+            )
+        return [Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows]
 
     def committed_digests(self) -> list[str]:
         return [d for (d,) in self._conn().execute("SELECT digest FROM trees ORDER BY digest")]
@@ -417,7 +428,9 @@ class Store:
     def remove_tree(self, digest: str) -> None:
         """Forget a tree: views stop offering it; its blobs go with the next ``remove_unused_blobs``."""
         with self._db() as db:
-            for table, column in (("trees", "digest"), ("entries", "tree"), ("tree_blobs", "tree"), ("resolutions", "digest")):
+            for table, column in (
+                ("trees", "digest"), ("listings", "tree"), ("entries", "tree"), ("tree_blobs", "tree"), ("resolutions", "digest"),
+            ):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (digest,))
 
     def remove_unused_blobs(self, older_than: float) -> int:

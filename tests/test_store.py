@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import sqlite3
 import tarfile
 import threading
 import time
@@ -167,6 +168,20 @@ def test_tree_is_complete_only_once_committed(tmp_path: Path) -> None:
     assert store.committed(digest)
     assert store.load_tree(digest) == entries
     assert store.committed_digests() == [digest]
+
+
+def test_trees_committed_by_earlier_versions_as_entry_rows_still_load_and_remove(tmp_path: Path) -> None:
+    """A DaemonSet upgrade keeps the state dir: trees stored a row per entry must still serve."""
+    store = Store(tmp_path)
+    digest = digest_of(b"old manifest")
+    rows = [("", "dir", 0o755, 0, 0, 0, 0, "", "", 0), ("f", "file", 0o644, 1, 2, 3, 5, "", "layers/sha256/x.tar", 512)]
+    db = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(digest, *row) for row in rows])
+    db.execute("INSERT INTO trees VALUES (?, 0, 0, 2, 5, 0)", (digest,))
+    assert store.load_tree(digest) == [Entry("", Kind.DIR, 0o755), Entry("f", Kind.FILE, 0o644, 1, 2, 3, 5, "", "layers/sha256/x.tar", 512)]
+    store.remove_tree(digest)
+    assert store.load_tree(digest) == []
+    assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (0,)
 
 
 def test_resolutions_remember_reference_and_platform(tmp_path: Path) -> None:
