@@ -38,14 +38,13 @@ import shutil
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
 
 from . import errors
+from .inflate import ERRORS as INFLATE_ERRORS
 from .inflate import Decoder
 from .reference import valid_digest
 from .tree import KINDS, Entry, Kind
@@ -123,7 +122,7 @@ class _Inflater:
 
     A cold pull is three CPU-bound passes over the bytes: sha256 of the blob, inflating it,
     and writing both files. All three run in C with the GIL released (hashlib for more than
-    2 KiB, zlib and zstd, file writes), so the inflate, the longest, overlaps the download and
+    2 KiB, ISA-L and zstd, file writes), so the inflate, the longest, overlaps the download and
     the hash instead of following them (bench/RESULTS.md has the numbers). It behaves as the
     serial loop did: the same checks on the same bytes, and the first error in chunk order is
     the one raised. A failed inflate stops the download at the next chunk it is handed, at
@@ -337,7 +336,7 @@ class Store:
             if compression:
                 os.replace(dec_tmp, self.root / decoded_relpath(digest))
             os.replace(raw_tmp, self.root / blob_relpath(digest))
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except INFLATE_ERRORS as exc:
             raise errors.InvalidArgument(
                 f"{what}: the layer is not valid {compression} data ({exc}); the artifact is broken, push it again"
             ) from None

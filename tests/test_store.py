@@ -154,6 +154,16 @@ def test_corrupt_gzip_is_invalid_argument(tmp_path: Path) -> None:
     assert leftovers(store) == []
 
 
+def test_gzip_member_whose_crc_or_size_is_wrong_is_invalid_argument(tmp_path: Path) -> None:
+    """The blob's sha256 only proves it is what was pushed; gzip's own trailer proves the inflate."""
+    store = Store(tmp_path)
+    good = gzip.compress(a_tar(), mtime=0)
+    for blob in (good[:-8] + bytes(4) + good[-4:], good[:-4] + bytes(4)):
+        with pytest.raises(errors.InvalidArgument, match="not valid gzip"):
+            store.put_blob(digest_of(blob), chunks(blob, 300), expected_size=len(blob), compression="gzip")
+    assert leftovers(store) == []
+
+
 def test_tree_is_complete_only_once_committed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     digest = digest_of(b"manifest")
