@@ -8,13 +8,13 @@ directories): layer 1 ``tar+gzip`` (gzip -6), layer 2 ``tar+zstd`` (zstandard le
 default of ``zstd`` and containerd), layer 3 plain ``tar``. Each repeat measures
 
 * the floor of the three layers: fetch + inflate + sha256 of the three blobs, each pipeline
-  checking the digest it computes, in three variants, the fastest median being the floor:
+  checking the digest it computes, in five variants, the fastest median being the floor:
   a) three ``curl | python`` (sha256 in one thread, inflate in another; the plain tar is only
   hashed), all three started at once, so that the floor uses both cores as the driver may;
   b) three ``curl``s into fifos read by one Python process, as in (a) but with two threads per
-  layer in one process (one interpreter start-up instead of three); c) the pipelines of (a) one
-  layer after another; d) three ``curl | tee fifo | sha256sum`` with ``gzip -dc`` / ``zstd -dc``
-  on the fifo, all at once;
+  layer in one process (one interpreter start-up instead of three); b') (b) with gzip inflated by
+  ISA-L (``isal``), as the driver does; c) the pipelines of (a) one layer after another; d) three
+  ``curl | tee fifo | sha256sum`` with ``gzip -dc`` / ``zstd -dc`` on the fifo, all at once;
 * ``curl | tar x`` of the three layers into one directory, in manifest order (a reference, no target);
 * cold NodePublishVolume of the image in each mode: fresh driver and state dir, time of the
   RPC (as ``bench_publish.cold_publish``: the volume is then walked, untimed).
@@ -188,12 +188,13 @@ FLOOR_LAYER = (
 """One layer's floor: sha256 in this thread, inflate (gzip or zstd; none for a plain tar) in another."""
 
 FLOOR_LAYERS_ONE_PROCESS = (
-    "import hashlib, queue, sys, threading, zlib\n"
+    "import hashlib, importlib, queue, sys, threading\n"
     "import zstandard\n"
+    "gz = importlib.import_module(sys.argv[1])  # zlib, or isal.isal_zlib as the driver uses\n"
     "def layer(codec, path, out):\n"
     "    h = hashlib.sha256(); q = queue.Queue(16); res = [0, True]\n"
     "    def inflate():\n"
-    "        d = zlib.decompressobj(wbits=31) if codec == 'gzip' else zstandard.ZstdDecompressor().decompressobj()\n"
+    "        d = gz.decompressobj(wbits=31) if codec == 'gzip' else zstandard.ZstdDecompressor().decompressobj()\n"
     "        while (chunk := q.get()) is not None:\n"
     "            res[0] += len(d.decompress(chunk))\n"
     "        res[1] = d.eof\n"
@@ -208,13 +209,14 @@ FLOOR_LAYERS_ONE_PROCESS = (
     "    assert res[1]\n"
     "    out.append(f'{h.hexdigest()} {res[0]}')\n"
     "out = []\n"
-    "threads = [threading.Thread(target=layer, args=(*arg.split(':', 1), out)) for arg in sys.argv[1:]]\n"
+    "threads = [threading.Thread(target=layer, args=(*arg.split(':', 1), out)) for arg in sys.argv[2:]]\n"
     "[t.start() for t in threads]; [t.join() for t in threads]\n"
     "assert len(out) == len(threads)\n"
     "print('\\n'.join(out))\n"
 )
 """All layers in one process, as the driver does: per layer a thread that reads and hashes, and one
-that inflates; the blobs come from ``curl``s through fifos."""
+that inflates (gzip by the module named first: ``zlib`` or ``isal.isal_zlib``); the blobs come from
+``curl``s through fifos."""
 
 _C_INFLATE = {"gzip": "gzip -dc", "zstd": "zstd -dcq", "tar": "cat"}
 
@@ -235,19 +237,24 @@ def floor_variants(urls: list[str], blobs: list[Blob], work: Path) -> dict[str, 
             f"rm -f {fifo}; mkfifo {fifo}; {_C_INFLATE[blob.kind]} < {fifo} > /dev/null & "
             f"curl -sf {url} | tee {fifo} | sha256sum; wait $!"
         )
-    fifos = [work / f"floor-one-{i}.fifo" for i in range(len(urls))]
-    one_process = (
-        f"rm -f {' '.join(map(str, fifos))}; mkfifo {' '.join(map(str, fifos))}; "
-        + " ".join(f"curl -sf {url} > {fifo} & c{i}=$!;" for i, (url, fifo) in enumerate(zip(urls, fifos)))
-        + f" {python} -c {shlex.quote(FLOOR_LAYERS_ONE_PROCESS)} "
-        + " ".join(f"{blob.kind}:{fifo}" for blob, fifo in zip(blobs, fifos))
-        # A failed python leaves a curl blocked on its fifo: stop them rather than hang.
-        + f" || {{ kill {' '.join(f'$c{i}' for i in range(len(urls)))} 2>/dev/null; exit 1; }}; "
-        + " && ".join(f"wait $c{i}" for i in range(len(urls)))
-    )
+
+    def one_process(gzip_module: str) -> str:
+        fifos = [work / f"floor-one-{i}.fifo" for i in range(len(urls))]
+        return (
+            f"rm -f {' '.join(map(str, fifos))}; mkfifo {' '.join(map(str, fifos))}; "
+            + " ".join(f"curl -sf {url} > {fifo} & c{i}=$!;" for i, (url, fifo) in enumerate(zip(urls, fifos)))
+            + f" {python} -c {shlex.quote(FLOOR_LAYERS_ONE_PROCESS)} {gzip_module} "
+            + " ".join(f"{blob.kind}:{fifo}" for blob, fifo in zip(blobs, fifos))
+            # A failed python leaves a curl blocked on its fifo: stop them rather than hang.
+            + f" || {{ kill {' '.join(f'$c{i}' for i in range(len(urls)))} 2>/dev/null; exit 1; }}; "
+            + " && ".join(f"wait $c{i}" for i in range(len(urls)))
+        )
+
     return {
         "3 × curl | python (sha256 ∥ inflate), the three at once": at_once(pipes),
-        "3 × curl > fifo, one python: per layer a sha256 thread ∥ an inflate thread": one_process,
+        "3 × curl > fifo, one python: per layer a sha256 thread ∥ an inflate thread": one_process("zlib"),
+        "3 × curl > fifo, one python: per layer a sha256 thread ∥ an inflate thread (gzip by ISA-L)":
+            one_process("isal.isal_zlib"),
         "3 × curl | python (sha256 ∥ inflate), one after another": " && ".join(f"( {job} )" for job in pipes),
         "3 × curl | tee fifo | sha256sum, gzip -dc / zstd -dc < fifo, the three at once": at_once(c_jobs),
     }
