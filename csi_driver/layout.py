@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import tarfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,7 +484,15 @@ def _plain_header(buf: bytes, offset: int, encoding: str, errors: str) -> tuple[
 
 
 def _checksum_ok(buf: bytes, chksum: int) -> bool:
-    return chksum == 256 + sum(buf) - sum(buf[148:156])  # an all-zero block (the end) fails this too
+    """The unsigned header checksum: the sum of the block's bytes, its checksum field as spaces.
+
+    The sum is taken as two ``adler32`` halves: adler32's low half is 1 + the sum of the bytes
+    modulo 65521, and 256 bytes sum to at most 65280, so nothing wraps. Six times faster than
+    ``sum(buf)``, which this paid twice per pax member (bench/RESULTS.md). An all-zero block (the
+    end of the archive) fails this too.
+    """
+    total = (zlib.adler32(buf[:256]) & 0xFFFF) + (zlib.adler32(buf[256:]) & 0xFFFF) - 2
+    return chksum == 256 + total - sum(buf[148:156])
 
 
 def _following(kind: str, size: int) -> int:
