@@ -288,13 +288,20 @@ def fuse_pid(state: Path) -> int:
 
 
 def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_files: int,
-                 cpu: list[float] | None = None) -> float:  # fmt: skip
+                 cpu: list[float] | None = None, after: str | None = None) -> float:  # fmt: skip
     """One cold publish on a fresh driver and state dir; everything it wrote is deleted after.
 
     ``cpu`` gets the CPU seconds that ``serve`` (and the FUSE view) spent during the RPC.
+    ``after``: another reference the driver publishes and unpublishes first, untimed, so that the
+    timed publish meets a driver that has served before (gRPC threads, the registry connection,
+    first-run code paths), as a driver running on a node for a while does.
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"cold-{mode}-", dir=base))
     with run_driver(tmp, registry, mode) as driver:
+        if after is not None:
+            first = publish_request(target_for(tmp / "kubelet", "pod-before", "image"), {"reference": after})
+            driver.publish(first)
+            driver.unpublish(unpublish_request(first))
         target = target_for(tmp / "kubelet", "pod-cold", "image")
         request = publish_request(target, {"reference": reference})
         pids = [driver.process.pid] + ([fuse_pid(driver.state_dir)] if mode == "fuse" else [])
