@@ -226,10 +226,11 @@ FLOOR_PYTHON = (
 
 
 FLOOR_PYTHON_THREADS = (
-    "import hashlib, queue, sys, threading, zlib\n"
+    "import hashlib, importlib, queue, sys, threading\n"
+    "gz = importlib.import_module(sys.argv[1])  # zlib, or isal.isal_zlib as the driver uses\n"
     "q = queue.Queue(16); h = hashlib.sha256(); out = []\n"
     "def inflate():\n"
-    "    d = zlib.decompressobj(wbits=31); n = 0\n"
+    "    d = gz.decompressobj(wbits=31); n = 0\n"
     "    while (chunk := q.get()) is not None:\n"
     "        n += len(d.decompress(chunk))\n"
     "    out.append((n, d.eof))\n"
@@ -255,7 +256,10 @@ def floor_variants(url: str, work: Path) -> dict[str, str]:
             f"curl -sf {url} | python3 -c {shlex.quote(FLOOR_PYTHON)}"
         ),
         "curl | python3 (sha256 in one thread, zlib inflate in another)": (
-            f"curl -sf {url} | python3 -c {shlex.quote(FLOOR_PYTHON_THREADS)}"
+            f"curl -sf {url} | python3 -c {shlex.quote(FLOOR_PYTHON_THREADS)} zlib"
+        ),
+        "curl | python3 (sha256 in one thread, ISA-L inflate in another, as the driver)": (
+            f"curl -sf {url} | {shlex.quote(sys.executable)} -c {shlex.quote(FLOOR_PYTHON_THREADS)} isal.isal_zlib"
         ),
     }
 
