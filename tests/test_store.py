@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from csi_driver import errors
+from csi_driver import store as store_module
 from csi_driver.inflate import PIECE, Decoder
 from csi_driver.store import Store, blob_relpath, decoded_relpath
 from csi_driver.tree import Entry, Kind
@@ -178,6 +179,17 @@ def test_tree_is_complete_only_once_committed(tmp_path: Path) -> None:
     assert store.committed(digest)
     assert store.load_tree(digest) == entries
     assert store.committed_digests() == [digest]
+
+
+def test_a_tree_of_many_listing_parts_loads_whole_and_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "LISTING_PART", 3)
+    store = Store(tmp_path)
+    digest = digest_of(b"big manifest")
+    entries = [Entry("", Kind.DIR, 0o755)] + [Entry(f"f{i:02d}", Kind.FILE, 0o644, size=i) for i in range(10)]
+    store.commit_tree(digest, entries)
+    assert store.load_tree(digest) == entries
+    store.commit_tree(digest, entries[:4])  # committed again (a repaired tree): the old parts go
+    assert store.load_tree(digest) == entries[:4]
 
 
 def test_trees_committed_by_earlier_versions_as_entry_rows_still_load_and_remove(tmp_path: Path) -> None:
