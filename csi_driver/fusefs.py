@@ -278,12 +278,14 @@ class TreeFS(pyfuse3.Operations):
     def _parent(self, ino: int) -> int:
         return pyfuse3.ROOT_INODE if ino == pyfuse3.ROOT_INODE else self._node(ino).parent
 
-    async def _root_attributes(self) -> pyfuse3.EntryAttributes:
-        digests = await trio.to_thread.run_sync(self.store.committed_digests)
+    def _root_attributes(self) -> pyfuse3.EntryAttributes:
+        """Answered without the store: every path walk through the view (each publish's check
+        and bind) asks for them, as they are never cached. ``st_nlink`` 1 says "not counted", as
+        btrfs does for directories; ``find`` then reads the root without counting on it."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = pyfuse3.ROOT_INODE
         attr.st_mode = stat.S_IFDIR | 0o755
-        attr.st_nlink = 2 + len(digests)
+        attr.st_nlink = 1
         attr.st_blksize = BLOCK_SIZE
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._mounted_ns
         attr.entry_timeout = attr.attr_timeout = ROOT_TIMEOUT
@@ -291,7 +293,7 @@ class TreeFS(pyfuse3.Operations):
 
     async def _attributes(self, ino: int) -> pyfuse3.EntryAttributes:
         if ino == pyfuse3.ROOT_INODE:
-            return await self._root_attributes()
+            return self._root_attributes()
         return attributes(self._node(ino))
 
     async def _child(self, parent: int, name: bytes) -> int | None:

@@ -263,6 +263,9 @@ def test_root_lists_committed_digests_as_directories(server: Server, tree: Tree)
     root = os.stat(server.view)
     assert stat.S_ISDIR(root.st_mode) and stat.S_IMODE(root.st_mode) == 0o755
     assert (root.st_uid, root.st_gid) == (0, 0)
+    assert root.st_nlink == 1, "not counted (asked on every path walk, answered without the store)"
+    assert subprocess.run(["find", str(server.view), "-maxdepth", "1"], capture_output=True, text=True, check=True
+                          ).stdout.split() == [str(server.view), str(server.view / tree.digest)]  # fmt: skip
 
 
 def test_paths_bytes_modes_owners_and_symlinks_match_the_tree(server: Server, tree: Tree) -> None:
