@@ -30,7 +30,6 @@ process never makes a syscall on its own mountpoint: it would wait on itself.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import itertools
@@ -413,8 +412,13 @@ async def _pread(fd: int, size: int, pos: int) -> memoryview:
     """
     view = memoryview(bytearray(size))
     done = 0
-    with contextlib.suppress(BlockingIOError):
+    try:
         done = os.preadv(fd, [view], pos, os.RWF_NOWAIT)
+    except BlockingIOError:  # not in the page cache
+        pass
+    except OSError as exc:  # a file system (or kernel) without non-blocking buffered reads
+        if exc.errno != errno.EOPNOTSUPP:
+            raise
     while done < size:
         got = await trio.to_thread.run_sync(os.preadv, fd, [view[done:]], pos + done)
         if got == 0:  # the source ends early: the caller gets the short read

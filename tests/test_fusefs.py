@@ -478,17 +478,20 @@ def test_view_process_loads_no_grpc_layer() -> None:
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("cached", [0, 3, 10], ids=["nothing-cached", "part-cached", "all-cached"])
+@pytest.mark.parametrize("cached", [0, 3, 10, None], ids=["nothing-cached", "part-cached", "all-cached", "no-nowait"])
 def test_reads_take_what_the_page_cache_has_and_the_rest_from_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: int | None
 ) -> None:
-    """``RWF_NOWAIT`` answers on the loop only what is cached; the rest is read in a thread."""
+    """``RWF_NOWAIT`` answers on the loop only what is cached; the rest, or everything where the
+    file system cannot read without blocking, is read in a thread."""
     source = tmp_path / "layer.tar"
     source.write_bytes(b"0123456789abcdef")
     real_preadv = os.preadv
 
     def preadv(fd: int, buffers: list, pos: int, flags: int = 0) -> int:
         if flags & os.RWF_NOWAIT:
+            if cached is None:  # a file system without non-blocking buffered reads
+                raise OSError(errno.EOPNOTSUPP, "not supported")
             if not cached:
                 raise BlockingIOError(errno.EAGAIN, "not cached")
             return real_preadv(fd, [buffers[0][:cached]], pos)
