@@ -29,7 +29,9 @@ MNT_DETACH = 0x2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
+_statx = getattr(_libc, "statx", None)  # glibc 2.28+; without it the mount table decides
+if _statx is not None:
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -100,12 +102,14 @@ def find_mount(path: str) -> MountInfo | None:
 def _mount_root_flag(path: str) -> bool | None:
     """The kernel's own answer to "is ``path`` the root of a mount?" (``statx``, Linux 5.8+).
 
-    None when it cannot say: an older kernel that does not report the attribute, or a
-    path the kernel cannot stat (a dead view beneath it).
+    None when it cannot say: an older kernel (or glibc) that does not report the attribute, a
+    seccomp profile that refuses the call, or a path the kernel cannot stat (a dead view beneath it).
     """
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC
-    if _libc.statx(AT_FDCWD, path.encode(errors="surrogateescape"), flags, 0, buf) != 0:
+    if _statx is None:
+        return None
+    if _statx(AT_FDCWD, path.encode(errors="surrogateescape"), flags, 0, buf) != 0:
         return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
     attributes, supported = struct.unpack_from("<Q", buf, 8)[0], struct.unpack_from("<Q", buf, 56)[0]
     if not supported & STATX_ATTR_MOUNT_ROOT:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 from pathlib import Path
 
@@ -86,11 +87,21 @@ def test_is_mount_point_sees_same_file_system_binds_and_stacked_mounts(tmp_path:
     assert not mounts.is_mount_point(str(target))
 
 
+def _refused(*_args: object) -> int:
+    ctypes.set_errno(errno.EPERM)  # as a seccomp profile answers
+    return -1
+
+
+@pytest.mark.parametrize("why", ["no-mount-root-attribute", "no-statx-in-libc", "statx-refused"])
 def test_is_mount_point_falls_back_to_the_table_when_statx_cannot_say(
-    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
-    """Kernels before 5.8 do not report STATX_ATTR_MOUNT_ROOT; the table decides there."""
-    monkeypatch.setattr(mounts, "_mount_root_flag", lambda path: None)
+    """Kernels before 5.8 do not report STATX_ATTR_MOUNT_ROOT, glibc before 2.28 has no statx,
+    a seccomp profile may refuse it: the table decides there."""
+    if why == "no-mount-root-attribute":
+        monkeypatch.setattr(mounts, "_mount_root_flag", lambda path: None)
+    else:
+        monkeypatch.setattr(mounts, "_statx", None if why == "no-statx-in-libc" else _refused)
     target = tmp_path / "mount"
     target.mkdir()
     assert not mounts.is_mount_point(str(target))
