@@ -5,7 +5,9 @@ One run, one loopback registry (Debian's ``docker-registry``), the same pushed a
 * ``1``: a Klaus plugin, pushed as the Klaus tooling does (``tests/artifacts.push_klaus``: one
   titled ``klaus-plugin.content.v1.tar+gzip`` layer, a Klaus config): ``PLUGIN_TREE`` plus 1 MiB
   of ``bench_publish.make_tar`` files;
-* ``64``, ``256``: ``bench_image.make_image`` (three untitled layers: tar+gzip, tar+zstd, tar).
+* ``64``, ``256``: ``bench_image.make_image`` (three untitled layers: tar+gzip, tar+zstd, tar);
+* ``--no-zstd-sizes`` (default ``64``): the same with tar+gzip in place of tar+zstd, so that
+  ``umoci`` 0.4, which reads no zstd, has an image it can unpack.
 
 Each repeat delivers every artifact with every contender, each from an empty directory or
 cache (the contenders take turns within a repeat, so drift hits them alike; medians are
@@ -39,7 +41,7 @@ new targets (and ``ctr images unmount --rm``), each timed from the client.
 Run as root, in a private mount namespace (the script also enters one itself):
 
     unshare -m --propagation private .venv/bin/python bench/bench_compare.py \\
-        [--sizes 1 64 256] [--repeats 3] [--volumes 50] [--no-write]
+        [--sizes 1 64 256] [--no-zstd-sizes 64] [--repeats 3] [--volumes 50] [--no-write]
 
 It refreshes the ``bench_compare`` section of ``bench/RESULTS.md``.
 """
@@ -125,12 +127,17 @@ def plugin_tree(content_bytes: int) -> Tree:
     return tree
 
 
-def push_artifacts(registry: str, sizes: list[int], work: Path) -> list[Artifact]:
-    """Generate and push each size: 1 = a Klaus plugin, anything else = a 3-layer image of that many MiB."""
+NO_ZSTD = (("gzip", bench.OCI_TAR_GZIP), ("gzip", bench.OCI_TAR_GZIP), ("tar", bench_image.OCI_TAR))
+"""The layers of the images for tools that read no zstd (umoci 0.4): tar+gzip, tar+gzip, tar."""
+
+
+def push_artifacts(registry: str, sizes: list[int], work: Path, no_zstd_sizes: list[int] = ()) -> list[Artifact]:
+    """Generate and push each size: 1 = a Klaus plugin, anything else = a 3-layer image of that many
+    MiB; then each of ``no_zstd_sizes`` as a 3-layer image without zstd."""
     artifacts = []
-    for size in sizes:
-        print(f"generating and pushing the {size} MiB artifact ...", flush=True)
-        push_dir = work / f"push-{size}"
+    for size, no_zstd in [(size, False) for size in sizes] + [(size, True) for size in no_zstd_sizes]:
+        print(f"generating and pushing the {size} MiB artifact{' (no zstd)' if no_zstd else ''} ...", flush=True)
+        push_dir = work / f"push-{size}{'-no-zstd' if no_zstd else ''}"
         if size == 1:
             tree = plugin_tree(1 << 20)
             pushed = push_klaus(registry, "bench/plugin:v1", tree, push_dir)
@@ -138,6 +145,11 @@ def push_artifacts(registry: str, sizes: list[int], work: Path) -> list[Artifact
             files = sum(isinstance(content, bytes) for content, _ in tree.values())
             blobs = [bench_image.Blob("gzip", KLAUS_PLUGIN_CONTENT, data, len(gzip.decompress(data)), files)]
             label = f"Klaus plugin: {files} files, one titled `{KLAUS_PLUGIN_CONTENT}` layer, Klaus config"
+        elif no_zstd:
+            blobs = bench_image.make_image(size, NO_ZSTD)
+            pushed = push_image(registry, f"bench/image{size}-no-zstd:v1", [(b.data, b.media_type) for b in blobs], push_dir)
+            files = sum(b.files for b in blobs)
+            label = f"{size} MiB image, no zstd: {files} files, three untitled layers (tar+gzip, tar+gzip, tar)"
         else:
             blobs = bench_image.make_image(size)
             pushed = push_image(registry, f"bench/image{size}:v1", [(b.data, b.media_type) for b in blobs], push_dir)
@@ -532,6 +544,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 256],
                         help="artifacts: 1 = a ~1 MiB Klaus plugin, N = an N MiB 3-layer image (default 1 64 256)")  # fmt: skip
+    parser.add_argument("--no-zstd-sizes", type=int, nargs="*", default=[64],
+                        help="N MiB 3-layer images without zstd (tar+gzip twice, tar), which umoci 0.4 "
+                             "can unpack (default 64; none: --no-zstd-sizes)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="cold runs of each contender (default 3)")
     parser.add_argument("--volumes", type=int, default=50, help="warm mounts per tool (default 50; 0 skips warm)")
     parser.add_argument("--workdir", help="as for bench_publish.py (default: a fresh ext4 on a RAM-backed loop device)")
@@ -550,7 +565,7 @@ def run(args: argparse.Namespace, base: Path, about: list[str], command: str) ->
     (base / "tmp").mkdir()
     os.environ["TMPDIR"] = tempfile.tempdir = str(base / "tmp")
     with run_registry(base / "registry") as registry:
-        artifacts = push_artifacts(registry, args.sizes, base)
+        artifacts = push_artifacts(registry, args.sizes, base, args.no_zstd_sizes)
         push_klaus(registry, WARM_UP, {"README.md": (b"warm-up\n", 0o644)}, base / "push-warm-up")
         # One untimed round on the smallest artifact: the tools' binaries and the registry warm up.
         measure_all(artifacts[0], registry, base, {}, {})

@@ -53,6 +53,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,11 +101,11 @@ def compress(kind: str, raw: bytes) -> bytes:
     return raw
 
 
-def make_image(size_mib: int) -> list[Blob]:
-    """Three layers of ``size_mib / 3`` MiB of files each: gzip, zstd, plain tar."""
+def make_image(size_mib: int, kinds: Sequence[tuple[str, str]] = LAYER_KINDS) -> list[Blob]:
+    """Three layers of ``size_mib / 3`` MiB of files each: gzip, zstd, plain tar (or ``kinds``)."""
     blobs = []
-    for i, (kind, media_type) in enumerate(LAYER_KINDS):
-        raw, files = bench.make_tar((size_mib << 20) // len(LAYER_KINDS), bench.SEED + i, tag=f"-l{i + 1}")
+    for i, (kind, media_type) in enumerate(kinds):
+        raw, files = bench.make_tar((size_mib << 20) // len(kinds), bench.SEED + i, tag=f"-l{i + 1}")
         blobs.append(Blob(kind, media_type, compress(kind, raw), len(raw), files))
     return blobs
 
