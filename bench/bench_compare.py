@@ -423,8 +423,7 @@ def versions() -> str:
 
 def artifact_table(artifact: Artifact, floors: dict[str, list[float]], results: Results) -> tuple[list[str], dict[str, float | None]]:
     """The rows of one artifact's table, and the medians they show (the floor's under ``FLOOR``)."""
-    floor_medians = {name: statistics.median(values) for name, values in floors.items()}
-    floor_name = min(floor_medians, key=floor_medians.__getitem__)
+    floor_medians, floor_name = bench.fastest_floor(floors)
     medians: dict[str, float | None] = {FLOOR: floor_medians[floor_name]}
     medians.update({name: median(values) for name, values in results.items()})
     fuse = medians[OURS_FUSE]

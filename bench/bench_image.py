@@ -380,8 +380,7 @@ def layers_report(args: argparse.Namespace, blobs: list[Blob], floors: dict[str,
                   floor_cpu: dict[str, list[float]], tar: list[float], cold: dict[str, list[float]],
                   cold_cpu: dict[str, list[float]], command: str, about: list[str]) -> str:  # fmt: skip
     begin, end = MARKERS["layers"]
-    floor_medians = {name: statistics.median(v) for name, v in floors.items()}
-    floor_name = min(floor_medians, key=floor_medians.__getitem__)
+    floor_medians, floor_name = bench.fastest_floor(floors)
     floor = floor_medians[floor_name]
     lines = [
         begin,
@@ -416,13 +415,7 @@ def layers_report(args: argparse.Namespace, blobs: list[Blob], floors: dict[str,
         "| command | median ms | all ms | CPU s (median) |",
         "| --- | ---: | --- | ---: |",
     ]
-    for name, values in floors.items():
-        mark = " (**floor**)" if name == floor_name else ""
-        cell = name.replace("|", "\\|")
-        lines.append(
-            f"| `{cell}`{mark} | {bench.ms(floor_medians[name])} | {', '.join(bench.ms(v) for v in values)} | "
-            f"{statistics.median(floor_cpu[name]):.2f} |"
-        )
+    lines += bench.floor_rows(floors, floor_cpu)
     lines.append(
         f"| `curl \\| tar x -C dir` of each layer in order (reference) | {bench.ms(statistics.median(tar))} | "
         f"{', '.join(bench.ms(v) for v in tar)} | |"

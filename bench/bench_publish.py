@@ -291,6 +291,24 @@ def fuse_pid(state: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+def fastest_floor(floors: dict[str, list[float]]) -> tuple[dict[str, float], str]:
+    """Each floor variant's median, and the name of the fastest: the floor."""
+    medians = {name: statistics.median(values) for name, values in floors.items()}
+    return medians, min(medians, key=medians.__getitem__)
+
+
+def floor_rows(floors: dict[str, list[float]], cpu: dict[str, list[float]] | None = None) -> list[str]:
+    """A table row per floor variant (command, median, all runs; CPU seconds when ``cpu`` is
+    given), the floor marked."""
+    medians, floor_name = fastest_floor(floors)
+    rows = []
+    for name, values in floors.items():
+        mark = " (**floor**)" if name == floor_name else ""
+        row = f"| `{name.replace('|', chr(92) + '|')}`{mark} | {ms(medians[name])} | {', '.join(ms(v) for v in values)} |"
+        rows.append(row + (f" {statistics.median(cpu[name]):.2f} |" if cpu is not None else ""))
+    return rows
+
+
 def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_files: int,
                  cpu: list[float] | None = None, after: str | None = None) -> float:  # fmt: skip
     """One cold publish on a fresh driver and state dir; everything it wrote is deleted after.
@@ -394,8 +412,7 @@ def _tool_version(cmd: list[str]) -> str:
 
 def report(args: argparse.Namespace, layer: Layer, floors: dict[str, list[float]], tar: list[float],
            modes: dict[str, ModeResult], command: str, fs_note: str) -> str:
-    floor_medians = {name: statistics.median(v) for name, v in floors.items()}
-    floor_name = min(floor_medians, key=floor_medians.__getitem__)
+    floor_medians, floor_name = fastest_floor(floors)
     floor = floor_medians[floor_name]
     tar_median = statistics.median(tar)
     lines = [
@@ -417,10 +434,7 @@ def report(args: argparse.Namespace, layer: Layer, floors: dict[str, list[float]
         "| command | median ms | all ms |",
         "| --- | ---: | --- |",
     ]
-    for name, values in floors.items():
-        mark = " (**floor**)" if name == floor_name else ""
-        cell = name.replace("|", "\\|")
-        lines.append(f"| `{cell}`{mark} | {ms(floor_medians[name])} | {', '.join(ms(v) for v in values)} |")
+    lines += floor_rows(floors)
     lines.append(f"| `curl \\| tar xz -C dir` | {ms(tar_median)} | {', '.join(ms(v) for v in tar)} |")
     lines += [
         "",
