@@ -45,8 +45,7 @@ from typing import BinaryIO
 
 
 from . import errors
-from .inflate import ERRORS as INFLATE_ERRORS
-from .inflate import Decoder
+from .inflate import ERRORS as INFLATE_ERRORS, Decoder
 from .reference import valid_digest
 from .tree import KINDS, Entry, Kind
 
@@ -103,6 +102,11 @@ CREATE TABLE IF NOT EXISTS resolutions (
 CHUNK = 1 << 20
 LISTING_PART = 4096
 """Entries per packed row of ``listings``."""
+
+
+def _as_entries(rows: Iterable[tuple]) -> Iterator[Entry]:
+    """Entries from stored rows (path, kind value, mode, uid, gid, mtime, size, link, source, offset)."""
+    return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
 
 
 def digest_hex(digest: str) -> str:
@@ -411,13 +415,13 @@ class Store:
         if parts:
             entries: list[Entry] = []
             for (packed,) in parts:
-                entries += (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in marshal.loads(packed))
+                entries += _as_entries(marshal.loads(packed))
             return entries
         rows = conn.execute(  # a tree committed by an earlier version of the driver
             "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries WHERE tree = ? ORDER BY path",
             (digest,),
         )
-        return [Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows]
+        return list(_as_entries(rows))
 
     def committed_digests(self) -> list[str]:
         return [d for (d,) in self._conn().execute("SELECT digest FROM trees ORDER BY digest")]
