@@ -504,3 +504,23 @@ def test_reads_take_what_the_page_cache_has_and_the_rest_from_disk(
         assert bytes(trio.run(fusefs._pread, fd, 10, 12)) == b"cdef"  # the source ends early
     finally:
         os.close(fd)
+
+
+def test_store_reads_run_in_one_thread_that_outlives_idle_spells(tmp_path: Path) -> None:
+    """trio's worker threads end after 10 s idle, and each new one opened its own SQLite
+    connection; the view's store reads keep one thread (and connection) for its whole life."""
+    import threading
+
+    store_thread = fusefs.StoreThread(Store(tmp_path / "state"))
+
+    async def main() -> tuple[int, int]:
+        first = await store_thread.run(threading.get_ident)
+        with pytest.raises(ZeroDivisionError):  # an error in the thread reaches the caller
+            await store_thread.run(lambda: 1 / 0)
+        return first, await store_thread.run(threading.get_ident)
+
+    try:
+        first, later = trio.run(main)
+    finally:
+        store_thread.close()
+    assert first == later != threading.get_ident()
