@@ -49,6 +49,7 @@ import heapq
 import itertools
 import json
 import logging
+import netrc  # noqa: F401 - requests imports it at its first request (~0.8 ms of the first pull)
 import re
 import ssl
 import threading
