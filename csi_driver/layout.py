@@ -429,25 +429,19 @@ class _Headers(io.FileIO):
 
 
 def _numbers(fields: Sequence[bytes]) -> list[int] | None:
-    """The header's numeric fields as ``nti()`` reads them, or None for anything it reads otherwise.
+    """The header's numeric fields as ``nti()`` reads them, or None for anything it may read otherwise.
 
-    Up to the first NUL, ASCII, stripped, octal; "" is 0. An int() of the bytes accepts less
-    than one of the decoded string ("\\x1c" is str whitespace), never more or otherwise.
-    Base-256 numbers are left to tarfile.
+    ``nti()`` takes a field up to its first NUL, decodes it as ASCII, strips it and reads it as
+    octal ("" is 0). Here the field loses its trailing NULs and spaces instead, in one C call:
+    where that leaves an octal number, it is the number ``nti()`` reads (no NUL can remain in
+    front of it, or ``int`` would refuse the bytes); where it does not (a NUL between digits,
+    base-256, a byte that is whitespace only to ``str``), the header goes to tarfile. A third
+    faster than splitting at the NUL and stripping (bench/RESULTS.md).
     """
-    numbers = []
-    for field in fields:
-        if field[0] in (0o200, 0o377):
-            return None
-        digits = field.split(b"\0", 1)[0]
-        if digits.strip():
-            try:
-                numbers.append(int(digits, 8))
-            except ValueError:
-                return None
-        else:
-            numbers.append(0)
-    return numbers
+    try:
+        return [int(field.rstrip(b"\0 ") or b"0", 8) for field in fields]
+    except ValueError:
+        return None
 
 
 def _plain_header(buf: bytes, offset: int, encoding: str, errors: str) -> tuple[_Member, int] | None:
