@@ -20,7 +20,7 @@ import zstandard
 
 from csi_driver import bindview, errors
 from csi_driver.bindview import materialize, tree_dir
-from csi_driver.layout import TITLE, Layer, Limits, build_tree, compression, tar_path
+from csi_driver.layout import TITLE, Layer, Limits, build_tree, compression, depth_first, tar_path
 from csi_driver.store import blob_relpath
 from csi_driver.tree import Entry, Kind
 
@@ -128,6 +128,29 @@ def test_materialized_tree_matches_its_entries(tmp_path: Path) -> None:
     assert_matches(tmp_path, root, entries)
     assert stat.S_IMODE(os.lstat(root / "bin/tool").st_mode) == 0o755  # setuid dropped by layout
     assert os.listdir(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000, None], ids=["022", "077", "000", "unknown"])
+def test_files_get_their_modes_and_owners_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int | None
+) -> None:
+    """A file is created with its final mode where the umask leaves it whole, and given it
+    afterwards where not (or where the umask cannot be read); a foreign owner, always."""
+    entries = sample_entries(tmp_path)
+    release = next(entry for entry in entries if entry.path == "etc/os-release")
+    entries += [
+        release._replace(path="group-writable", mode=0o664),
+        release._replace(path="world-writable", mode=0o666, uid=NOBODY, gid=NOBODY),
+        release._replace(path="sticky", mode=0o1644),
+    ]
+    entries.sort(key=depth_first)
+    monkeypatch.setattr(bindview, "_umask", lambda: umask)
+    previous = os.umask(0o022 if umask is None else umask)
+    try:
+        root = materialize(tmp_path, DIGEST, entries)
+    finally:
+        os.umask(previous)
+    assert_matches(tmp_path, root, entries)
 
 
 def test_read_only_directories_with_children_work_without_privileges() -> None:
