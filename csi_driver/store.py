@@ -47,7 +47,7 @@ from typing import BinaryIO
 from . import errors
 from .inflate import ERRORS as INFLATE_ERRORS, Decoder
 from .reference import valid_digest
-from .tree import KINDS, Entry, Kind
+from .tree import KINDS, ROOT, Entry, Kind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -431,6 +431,21 @@ class Store:
             (digest,),
         )
         return list(_as_entries(rows))
+
+    def tree_root(self, digest: str) -> tuple[Entry, int] | None:
+        """The root entry of a committed tree and its number of entries (None if it is not
+        committed), without reading the whole listing: the view answers a publish's lookup with
+        it and indexes the rest in the background."""
+        conn = self._conn()
+        row = conn.execute("SELECT entries FROM trees WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return None
+        part = conn.execute("SELECT entries FROM listings WHERE tree = ? AND part = 0", (digest,)).fetchone()
+        rows = marshal.loads(part[0])[:1] if part else conn.execute(  # a tree of an earlier driver version
+            "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries WHERE tree = ? AND path = ''",
+            (digest,),
+        ).fetchall()
+        return next((entry for entry in _as_entries(rows) if entry.path == ""), ROOT), row[0]
 
     def committed_digests(self) -> list[str]:
         return [d for (d,) in self._conn().execute("SELECT digest FROM trees ORDER BY digest")]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pyfuse3
 import trio
 
 from csi_driver import fusefs, mounts
@@ -462,10 +463,11 @@ def test_build_tree_adds_unlisted_parents_and_drops_entries_below_files() -> Non
         Entry("f", Kind.FILE, 0o644),
         Entry("f/under-a-file", Kind.FILE, 0o644),
     ]
-    nodes = build_tree(entries, first_ino=10, parent=1)
+    nodes = build_tree(entries, root_ino=10, parent=1, first_ino=20)
     paths = {node.entry.path: node for node in nodes.values()}
     assert set(paths) == {"", "a", "a/b", "a/b/file", "f"}
     assert paths[""].ino == 10 and paths[""].parent == 1
+    assert sorted(node.ino for path, node in paths.items() if path) == [20, 21, 22, 23]
     assert paths["a"].entry.kind is Kind.DIR and paths["a"].entry.mode == 0o755
     assert paths["a"].children == {b"b": paths["a/b"].ino}
     assert paths[""].subdirs == 1
@@ -524,3 +526,77 @@ def test_store_reads_run_in_one_thread_that_outlives_idle_spells(tmp_path: Path)
     finally:
         store_thread.close()
     assert first == later != threading.get_ident()
+
+
+DIGEST_A, DIGEST_B, DIGEST_C = ("sha256:" + c * 64 for c in "abc")
+
+
+def committed_store(path: Path) -> Store:
+    store = Store(path)
+    store.commit_tree(DIGEST_A, [
+        Entry("", Kind.DIR, 0o755), Entry("dir", Kind.DIR, 0o750), Entry("dir/file", Kind.FILE, 0o644, size=3),
+    ])  # fmt: skip
+    # A listing that implies directories (an entry whose parents are not listed): more inodes
+    # than entries, so its index cannot use the range reserved from the entry count alone.
+    store.commit_tree(DIGEST_B, [Entry("", Kind.DIR, 0o755), Entry("x/y/z/file", Kind.FILE, 0o600, size=1)])
+    store.commit_tree(DIGEST_C, [Entry("", Kind.DIR, 0o700)])
+    return store
+
+
+def test_a_trees_root_is_answered_before_the_tree_is_indexed_and_lookups_below_wait_for_it(tmp_path: Path) -> None:
+    """A publish's lookup of view/<digest> gets the root at once (``st_nlink`` 1: not counted);
+    the tree's nodes are built in the background and a lookup below the root waits for them.
+    Trees looked up one after the other, one implying directories, never share an inode."""
+    fs = fusefs.TreeFS(committed_store(tmp_path / "state"))
+
+    async def main() -> dict[str, os.stat_result]:
+        async with trio.open_nursery() as nursery:
+            fs.nursery = nursery
+            root_a = await fs.lookup(1, DIGEST_A.encode(), None)
+            assert fs._unindexed  # answered before the index exists
+            root_b = await fs.lookup(1, DIGEST_B.encode(), None)
+            found = {"a": root_a, "b": root_b, "c": await fs.lookup(1, DIGEST_C.encode(), None)}
+            found["a/dir"] = await fs.lookup(root_a.st_ino, b"dir", None)
+            found["a/dir/file"] = await fs.lookup(found["a/dir"].st_ino, b"file", None)
+            ino = root_b.st_ino
+            for name in ("x", "y", "z", "file"):
+                found[f"b/{name}"] = attr = await fs.lookup(ino, name.encode(), None)
+                ino = attr.st_ino
+        return found
+
+    found = trio.run(main)
+    assert found["a"].st_nlink == found["b"].st_nlink == 1
+    assert stat.S_IMODE(found["a/dir"].st_mode) == 0o750 and found["a/dir"].st_nlink == 2
+    assert found["a/dir/file"].st_size == 3 and stat.S_IMODE(found["b/file"].st_mode) == 0o600
+    inodes = [attr.st_ino for attr in found.values()]
+    assert len(set(inodes)) == len(inodes)
+    assert not fs._unindexed
+    fs.store_thread.close()
+
+
+def test_a_tree_whose_indexing_failed_is_indexed_again_at_the_next_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup below the root answers EIO while the index failed, and the next one tries again."""
+    store = committed_store(tmp_path / "state")
+    fs = fusefs.TreeFS(store)
+    load_tree, failures = store.load_tree, [RuntimeError("disk I/O error")]
+
+    def flaky(digest: str) -> list[Entry]:
+        if failures:
+            raise failures.pop()
+        return load_tree(digest)
+
+    monkeypatch.setattr(store, "load_tree", flaky)
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            fs.nursery = nursery
+            root = await fs.lookup(1, DIGEST_A.encode(), None)
+            with pytest.raises(pyfuse3.FUSEError) as failed:
+                await fs.lookup(root.st_ino, b"dir", None)
+            assert failed.value.errno == errno.EIO
+            return (await fs.lookup(root.st_ino, b"dir", None)).st_ino
+
+    assert trio.run(main) > 0
+    fs.store_thread.close()

@@ -19,7 +19,7 @@ from csi_driver import errors
 from csi_driver import store as store_module
 from csi_driver.inflate import PIECE, Decoder
 from csi_driver.store import Store, blob_relpath, decoded_relpath
-from csi_driver.tree import Entry, Kind
+from csi_driver.tree import ROOT, Entry, Kind
 
 
 def digest_of(data: bytes) -> str:
@@ -192,6 +192,19 @@ def test_a_tree_of_many_listing_parts_loads_whole_and_in_order(tmp_path: Path, m
     assert store.load_tree(digest) == entries[:4]
 
 
+def test_tree_root_answers_from_the_first_part_with_the_entry_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FUSE view answers a publish's lookup with the root entry alone, before indexing the tree."""
+    monkeypatch.setattr(store_module, "LISTING_PART", 2)
+    store = Store(tmp_path)
+    digest, rootless = digest_of(b"manifest"), digest_of(b"rootless manifest")
+    root = Entry("", Kind.DIR, 0o700, uid=5, mtime=9)
+    store.commit_tree(digest, [root] + [Entry(f"f{i}", Kind.FILE, 0o644) for i in range(5)])
+    store.commit_tree(rootless, [Entry("f", Kind.FILE, 0o644)])
+    assert store.tree_root(digest) == (root, 6)
+    assert store.tree_root(rootless) == (ROOT, 1)  # the view shows a root all the same
+    assert store.tree_root(digest_of(b"never committed")) is None
+
+
 def test_trees_committed_by_earlier_versions_as_entry_rows_still_load_and_remove(tmp_path: Path) -> None:
     """A DaemonSet upgrade keeps the state dir: trees stored a row per entry must still serve."""
     store = Store(tmp_path)
@@ -201,6 +214,7 @@ def test_trees_committed_by_earlier_versions_as_entry_rows_still_load_and_remove
     db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(digest, *row) for row in rows])
     db.execute("INSERT INTO trees VALUES (?, 0, 0, 2, 5, 0)", (digest,))
     assert store.load_tree(digest) == [Entry("", Kind.DIR, 0o755), Entry("f", Kind.FILE, 0o644, 1, 2, 3, 5, "", "layers/sha256/x.tar", 512)]
+    assert store.tree_root(digest) == (Entry("", Kind.DIR, 0o755), 2)
     store.remove_tree(digest)
     assert store.load_tree(digest) == []
     assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (0,)
