@@ -75,7 +75,7 @@ class _Member:
     A layer's headers are all held while it is placed: with ``TarInfo`` (and the strings and
     dict it carries) that is about 550 bytes per member, with this about 350, name included;
     for a layer of many files it is most of the driver's memory growth (bench/RESULTS.md).
-    The predicates answer as ``TarInfo``'s do.
+    ``kind`` stands for ``TarInfo``'s predicates (one comparison, not a method call a member).
     """
 
     __slots__ = ("gid", "kind", "linkname", "mode", "mtime", "name", "offset_data", "size", "sparse", "uid")
@@ -98,21 +98,6 @@ class _Member:
         kind = _DIR if info.isdir() else _SYM if info.issym() else _LNK if info.islnk() else _REG if info.isreg() else ""
         return cls(info.name, info.mode, info.uid, info.gid, info.mtime, info.size, info.linkname,
                    info.offset_data, kind, info.issparse())  # fmt: skip
-
-    def isdir(self) -> bool:
-        return self.kind is _DIR
-
-    def issym(self) -> bool:
-        return self.kind is _SYM
-
-    def islnk(self) -> bool:
-        return self.kind is _LNK
-
-    def isreg(self) -> bool:
-        return self.kind is _REG
-
-    def issparse(self) -> bool:
-        return self.sparse
 
 
 _DIR, _SYM, _LNK, _REG = "dir", "symlink", "hardlink", "file"
@@ -331,7 +316,7 @@ def _under(top: str, path: str | None, member: _Member) -> bool:
     """Whether an entry lies under ``<top>/`` (``top`` itself may be its directory)."""
     if path is None:
         return False
-    return path.startswith(top + "/") or (path == top and member.isdir())
+    return path.startswith(top + "/") or (path == top and member.kind is _DIR)
 
 
 def _unsafe(layer: Layer, name: str, why: str) -> errors.InvalidArgument:
@@ -575,9 +560,10 @@ def _unpack(tree: _Tree, layer: Layer, archive: _Archive, whiteouts: bool) -> No
     items = [(_entry_path(member.name, layer), member) for member in archive.members]
     if whiteouts:
         for path, member in items:
-            _whiteout(tree, layer, path, member)
+            if _WHITEOUT in path:  # a substring search first: few paths hold one
+                _whiteout(tree, layer, path, member)
     for path, member in items:
-        if whiteouts and path.rpartition("/")[2].startswith(_WHITEOUT):
+        if whiteouts and _WHITEOUT in path and path.rpartition("/")[2].startswith(_WHITEOUT):
             continue
         entry = _entry(tree, layer, archive, path, member)
         if entry is not None:
@@ -607,10 +593,10 @@ def _entry(
     if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID and -_MAX_MTIME <= mtime <= _MAX_MTIME):  # NaN fails too
         why = f"has owner uid {uid}, gid {gid} and mtime {mtime}: outside 0..{_MAX_ID} for owners or ±{_MAX_MTIME} s"
         raise _unsafe(layer, member.name, why)
-    mode, mtime = member.mode & _KEPT_MODE, int(mtime)
-    if member.isdir():
+    mode, mtime, kind = member.mode & _KEPT_MODE, int(mtime), member.kind
+    if kind is _DIR:
         return Entry(path, Kind.DIR, mode, uid, gid, mtime)
-    if member.issym():
+    if kind is _SYM:
         if not member.linkname or "\0" in member.linkname:
             raise _unsafe(layer, member.name, "is a symlink with an empty target or a NUL byte")
         if len(member.linkname) > _LINK_MAX // 4 or not member.linkname.isascii():  # only then can it be bad
@@ -621,15 +607,15 @@ def _entry(
             if length > _LINK_MAX:
                 raise _unsafe(layer, member.name, f"is a symlink whose target is longer than {_LINK_MAX} bytes")
         return Entry(path, Kind.SYMLINK, mode, uid, gid, mtime, link=member.linkname)
-    if member.islnk():
+    if kind is _LNK:
         target = _normalise(member.linkname)
         node = tree.nodes.get(target) if target is not None else None
         if node is None or node.kind is not Kind.FILE:
             why = f"is a hardlink to {member.linkname!r}, not to a regular file earlier in the tree"
             raise _unsafe(layer, member.name, why)
         return node._replace(path=path)
-    if member.isreg():
-        if member.issparse():
+    if kind is _REG:
+        if member.sparse:
             raise errors.InvalidArgument(
                 f"layer {layer.digest}: entry {member.name!r} is a sparse file, which the volume "
                 "cannot show; rebuild the artifact without sparse files"
