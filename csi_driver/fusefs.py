@@ -267,8 +267,9 @@ class StoreThread:
 class TreeFS(pyfuse3.Operations):
     """The view: the root lists committed digests, each a read-only directory of its tree.
 
-    Inodes are allocated per tree on its first lookup and kept for the life of the
-    process (trees are immutable, so ``forget`` has nothing to drop).
+    Inodes are allocated per tree on its first lookup (its nodes are built right after, in
+    the background) and kept for the life of the process (trees are immutable, so
+    ``forget`` has nothing to drop).
     """
 
     def __init__(self, store: Store) -> None:
