@@ -239,8 +239,8 @@ class StoreThread:
     trio's worker threads exit after 10 s idle, and each new one opened its own SQLite
     connection (``Store`` keeps them per thread): the first lookup of a digest after a quiet
     spell, which is every publish of a new digest on a quiet node, paid ~1 ms for both
-    (bench/RESULTS.md). The reads are short and tree loads are serialised anyway, so one
-    thread with one connection, opened when the view starts, serves them all.
+    (bench/RESULTS.md). The reads are short (building a tree's nodes runs elsewhere), so
+    one thread with one connection, opened when the view starts, serves them all.
     """
 
     def __init__(self, store: Store) -> None:
@@ -326,11 +326,16 @@ class TreeFS(pyfuse3.Operations):
             async with self._loading:  # one at a time: a tree's nodes take memory while built
                 if root_ino not in self._unindexed:
                     return
-                nodes = await self.store_thread.run(self._load_tree, digest, root_ino, first_ino)
+                entries = await self.store_thread.run(self.store.load_tree, digest)
+                if not entries:
+                    raise RuntimeError(f"tree {digest} is no longer in the store")
+                # Built in a worker thread, not the store thread: a big tree takes a while
+                # (~40 ms for 48,000 entries), and other lookups need the store meanwhile.
+                nodes = await trio.to_thread.run_sync(build_tree, entries, root_ino, pyfuse3.ROOT_INODE, first_ino)
                 if len(nodes) - 1 > reserved:  # directories the listing implies: more inodes
                     first_ino = self._next_ino
                     self._next_ino += len(nodes) - 1
-                    nodes = await self.store_thread.run(self._load_tree, digest, root_ino, first_ino)
+                    nodes = await trio.to_thread.run_sync(build_tree, entries, root_ino, pyfuse3.ROOT_INODE, first_ino)
                 self._nodes.update(nodes)
                 del self._unindexed[root_ino]
                 log.info("loaded tree %s (%d inodes)", digest, len(nodes))
@@ -352,13 +357,6 @@ class TreeFS(pyfuse3.Operations):
             if ino in self._unindexed:
                 raise pyfuse3.FUSEError(errno.EIO)
         return self._node(ino)
-
-    def _load_tree(self, digest: str, root_ino: int, first_ino: int) -> dict[int, Node]:
-        """In the store thread: a big tree takes a while to read and index, and other requests go on."""
-        entries = self.store.load_tree(digest)
-        if not entries:
-            raise RuntimeError(f"tree {digest} is no longer in the store")
-        return build_tree(entries, root_ino, pyfuse3.ROOT_INODE, first_ino)
 
     def _node(self, ino: int) -> Node:
         try:
