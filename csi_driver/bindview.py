@@ -144,12 +144,7 @@ class _Builder:
             fd = os.open(name, _FILE_FLAGS, entry.mode if final else 0o600, dir_fd=dir_fd)
             try:
                 self._copy(entry, fd)
-                if (entry.uid, entry.gid) != self.owner:
-                    os.fchown(fd, entry.uid, entry.gid)
-                    final = False  # chown may clear mode bits
-                if not final:
-                    os.fchmod(fd, entry.mode)
-                os.utime(fd, (entry.mtime, entry.mtime))
+                self._finish_fd(entry, fd, mode_set=final)
             finally:
                 os.close(fd)
 
@@ -160,11 +155,14 @@ class _Builder:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _finish_fd(entry: Entry, fd: int) -> None:
-        # chown before chmod: chown may clear mode bits.
-        os.fchown(fd, entry.uid, entry.gid)
-        os.fchmod(fd, entry.mode)
+    def _finish_fd(self, entry: Entry, fd: int, mode_set: bool = False) -> None:
+        """Owner, mode and mtime; the owner only if it is not ours already, the mode only if
+        it was not set when the file was created."""
+        if (entry.uid, entry.gid) != self.owner:
+            os.fchown(fd, entry.uid, entry.gid)
+            mode_set = False  # chown may clear mode bits: chmod after it
+        if not mode_set:
+            os.fchmod(fd, entry.mode)
         os.utime(fd, (entry.mtime, entry.mtime))
 
     def _copy(self, entry: Entry, fd: int) -> None:

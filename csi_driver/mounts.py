@@ -184,6 +184,11 @@ def path_state(path: str) -> str:
     return "ok"
 
 
+def target_state(target: str) -> str:
+    """``ok``, ``dead`` (a mount whose FUSE view is gone; ``serve`` re-binds it) or ``not mounted``."""
+    return path_state(target) if is_mount_point(target) else "not mounted"
+
+
 def make_target(target: str) -> bool:
     """Create the kubelet's ``.../mount`` dir (its parent must exist); True if we made it."""
     parent = Path(target).parent

@@ -85,7 +85,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if pub is None or pub.target != path:
             raise errors.NotFound(f"volume {volume_id} is not published at {path} on this node")
         size, entries = self.store.usage(pub.digest)
-        state = mounts.path_state(path) if mounts.is_mount_point(path) else "not mounted"
+        state = mounts.target_state(path)
         message = f"{pub.reference} ({pub.digest}) via the {pub.mode} view"
         if state != "ok":
             message = f"{message}: the mount is {'dead' if state == 'dead' else state}; the driver is repairing it"

@@ -35,7 +35,7 @@ def reconcile(publications: Publications, view: BindView | FuseView) -> None:
             log.info("dropping the record of %s: its pod directory %s is gone", pub.volume_id, pub.target)
             publications.drop(pub.volume_id)
             continue
-        if mounts.is_mount_point(pub.target) and mounts.path_state(pub.target) == "ok":
+        if mounts.target_state(pub.target) == "ok":
             continue
         try:
             _rebind(pub, view)

@@ -113,6 +113,10 @@ def _as_rows(entries: Sequence[Entry]) -> list[tuple]:
     return [(p, _STORED_KIND[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in entries]
 
 
+_LEGACY_ROWS = "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries WHERE tree = ?"
+"""A tree's rows as versions before ``listings`` stored them (one per entry)."""
+
+
 def _as_entries(rows: Iterable[tuple]) -> Iterator[Entry]:
     """Entries from stored rows (path, kind value, mode, uid, gid, mtime, size, link, source, offset)."""
     return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
@@ -426,10 +430,7 @@ class Store:
             for (packed,) in parts:
                 entries += _as_entries(marshal.loads(packed))
             return entries
-        rows = conn.execute(  # a tree committed by an earlier version of the driver
-            "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries WHERE tree = ? ORDER BY path",
-            (digest,),
-        )
+        rows = conn.execute(_LEGACY_ROWS + " ORDER BY path", (digest,))  # committed by an earlier version
         return list(_as_entries(rows))
 
     def tree_root(self, digest: str) -> tuple[Entry, int] | None:
@@ -441,10 +442,7 @@ class Store:
         if row is None:
             return None
         part = conn.execute("SELECT entries FROM listings WHERE tree = ? AND part = 0", (digest,)).fetchone()
-        rows = marshal.loads(part[0])[:1] if part else conn.execute(  # a tree of an earlier driver version
-            "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries WHERE tree = ? AND path = ''",
-            (digest,),
-        ).fetchall()
+        rows = marshal.loads(part[0])[:1] if part else conn.execute(_LEGACY_ROWS + " AND path = ''", (digest,)).fetchall()
         return next((entry for entry in _as_entries(rows) if entry.path == ""), ROOT), row[0]
 
     def committed_digests(self) -> list[str]:

@@ -29,13 +29,6 @@ def _state(path: str) -> tuple[Store, Publications]:
     return Store(state), Publications(state)
 
 
-def health(target: str) -> str:
-    """``ok``, ``dead`` (a mount whose FUSE view is gone; ``serve`` re-binds it) or ``not mounted``."""
-    if not mounts.is_mount_point(target):
-        return "not mounted"
-    return mounts.path_state(target)
-
-
 def _volume(store: Store, pub: Publication) -> dict[str, Any]:
     size_bytes, entries = store.usage(pub.digest)
     return {
@@ -49,7 +42,7 @@ def _volume(store: Store, pub: Publication) -> dict[str, Any]:
         "mounted_since": iso(pub.published_at),
         "bytes": size_bytes,
         "entries": entries,
-        "health": health(pub.target),
+        "health": mounts.target_state(pub.target),
     }
 
 
