@@ -105,10 +105,10 @@ def _mount_root_flag(path: str) -> bool | None:
     None when it cannot say: an older kernel (or glibc) that does not report the attribute, a
     seccomp profile that refuses the call, or a path the kernel cannot stat (a dead view beneath it).
     """
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC
     if _statx is None:
         return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC
     if _statx(AT_FDCWD, path.encode(errors="surrogateescape"), flags, 0, buf) != 0:
         return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
     attributes, supported = struct.unpack_from("<Q", buf, 8)[0], struct.unpack_from("<Q", buf, 56)[0]
