@@ -269,6 +269,8 @@ def _normalise(name: str) -> str | None:
     """
     if name.startswith("/") or "\0" in name:
         return None
+    if "//" not in name and "/." not in name and not name.startswith(".") and not name.endswith("/"):
+        return name  # no empty, "." or ".." component (nor any starting with a dot: those take the long way)
     parts = name.split("/")
     if "" in parts or "." in parts:
         parts = [part for part in parts if part not in ("", ".")]
@@ -344,17 +346,16 @@ def _read(tree: _Tree, state_dir: Path, source: str, layer: Layer) -> _Archive:
     members: list[_Member] = []
     try:
         with _Headers(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-            fd = raw.fileno()
+            fd, encoding, errors_, offset = raw.fileno(), tar.encoding, tar.errors, tar.offset
             while True:
-                member = None
-                if tar.firstmember is None and not tar.pax_headers and 0 < tar.offset <= size - _BLOCK:
-                    buf = os.pread(fd, _BLOCK, tar.offset)
-                    plain = _plain_header(buf, tar.offset, tar.encoding, tar.errors) or _pax_member(
-                        fd, buf, tar.offset, size, tar.encoding, tar.errors
-                    )
-                    if plain is not None:
-                        member, tar.offset = plain
-                if member is None:
+                plain = None
+                if tar.firstmember is None and not tar.pax_headers and 0 < offset <= size - _BLOCK:
+                    buf = os.pread(fd, _BLOCK, offset)
+                    plain = _plain_header(buf, offset, encoding, errors_) or _pax_member(fd, buf, offset, size, encoding, errors_)
+                if plain is not None:
+                    member, offset = plain
+                else:
+                    tar.offset = offset
                     try:
                         info = tar.next()
                     except tarfile.ReadError:
@@ -364,14 +365,14 @@ def _read(tree: _Tree, state_dir: Path, source: str, layer: Layer) -> _Archive:
                     if info is None:
                         break
                     tar.members.clear()  # tarfile keeps every member it reads; we keep our own
-                    member = _Member.of(info)
-                if member.size < 0 or tar.offset < member.offset_data:
+                    member, offset = _Member.of(info), tar.offset
+                if member.size < 0 or offset < member.offset_data:
                     # A negative size (also a sparse header's, which tarfile hides behind the real
                     # size) would move the next header backwards, or cancel out bytes counted.
                     raise _unsafe(layer, member.name, "has a negative size")
                 tree.count(layer)
                 members.append(member)
-                if tar.offset > size:  # the next header would lie past the end of the file
+                if offset > size:  # the next header would lie past the end of the file
                     if member.offset_data + member.size <= size:
                         break  # the file ends inside this member's padding
                     raise errors.InvalidArgument(
@@ -413,18 +414,31 @@ class _Headers(io.FileIO):
         return super().read(size)
 
 
-def _numbers(fields: Sequence[bytes]) -> list[int] | None:
-    """The header's numeric fields as ``nti()`` reads them, or None for anything it may read otherwise.
+_ZERO_DEVICE = frozenset({b"\0" * 8, b"0000000\0", b"000000 \0", b"0000000 ", b"0" * 8})
+"""Device number fields that ``nti()`` reads as 0: how writers fill them for every non-device."""
+
+
+def _numbers(chksum: bytes, mode: bytes, uid: bytes, gid: bytes, size: bytes, mtime: bytes, major: bytes,
+             minor: bytes) -> tuple[int, int, int, int, int, int] | None:  # fmt: skip
+    """The header's checksum, mode, uid, gid, size and mtime as ``nti()`` reads them, or None for
+    anything it may read otherwise (then tarfile reads the header). The device numbers, unused
+    here, are checked too, so that an unreadable one is an invalid header, as it is to tarfile.
 
     ``nti()`` takes a field up to its first NUL, decodes it as ASCII, strips it and reads it as
     octal ("" is 0). Here the field loses its trailing NULs and spaces instead, in one C call:
     where that leaves an octal number, it is the number ``nti()`` reads (no NUL can remain in
     front of it, or ``int`` would refuse the bytes); where it does not (a NUL between digits,
-    base-256, a byte that is whitespace only to ``str``), the header goes to tarfile. A third
-    faster than splitting at the NUL and stripping (bench/RESULTS.md).
+    base-256, a byte that is whitespace only to ``str``), the header goes to tarfile. Spelled
+    out field by field, not looped over (bench/RESULTS.md).
     """
     try:
-        return [int(field.rstrip(b"\0 ") or b"0", 8) for field in fields]
+        if major not in _ZERO_DEVICE or minor not in _ZERO_DEVICE:
+            int(major.rstrip(b"\0 ") or b"0", 8), int(minor.rstrip(b"\0 ") or b"0", 8)
+        return (
+            int(chksum.rstrip(b"\0 ") or b"0", 8), int(mode.rstrip(b"\0 ") or b"0", 8),
+            int(uid.rstrip(b"\0 ") or b"0", 8), int(gid.rstrip(b"\0 ") or b"0", 8),
+            int(size.rstrip(b"\0 ") or b"0", 8), int(mtime.rstrip(b"\0 ") or b"0", 8),
+        )  # fmt: skip
     except ValueError:
         return None
 
@@ -438,27 +452,27 @@ def _plain_header(buf: bytes, offset: int, encoding: str, errors: str) -> tuple[
     None and left to ``tarfile``: pax and GNU long-name headers, sparse files, devices,
     base-256 numbers, a V7 directory, a signed or bad checksum, the end of the archive.
     """
-    name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, major, minor, prefix = _HEADER.unpack(buf)
-    kind = _PLAIN_TYPES.get(typeflag)
+    fields = _HEADER.unpack(buf)
+    kind = _PLAIN_TYPES.get(fields[7])
     if kind is None:
         return None
-    # Every numeric field, so that an unreadable device number is an invalid header too.
-    numbers = _numbers((chksum, mode, uid, gid, size, mtime, major, minor))
+    numbers = _numbers(fields[6], *fields[1:6], fields[9], fields[10])
     if numbers is None or not _checksum_ok(buf, numbers[0]):
         return None
-    mode, uid, gid, size, mtime = numbers[1:6]
-    name = name.split(b"\0", 1)[0].decode(encoding, errors)
+    _, mode, uid, gid, size, mtime = numbers
+    name, linkname, prefix = fields[0], fields[8], fields[11]
+    # Text fields end at their first NUL, if any (find's -1 modulo the field's length + 1 keeps it whole).
+    name = name[: name.find(b"\0") % 101].decode(encoding, errors)
     if kind is _DIR:
         name = name.rstrip("/")
-    elif typeflag == tarfile.AREGTYPE and name.endswith("/"):
+    elif fields[7] == tarfile.AREGTYPE and name.endswith("/"):
         return None  # a V7 directory
-    prefix = prefix.split(b"\0", 1)[0]
-    if prefix:
-        name = prefix.decode(encoding, errors) + "/" + name
+    if prefix[0]:
+        name = prefix[: prefix.find(b"\0") % 156].decode(encoding, errors) + "/" + name
         if kind is _DIR:
             name = name.rstrip("/")
+    linkname = linkname[: linkname.find(b"\0") % 101].decode(encoding, errors) if linkname[0] else ""
     data = offset + _BLOCK
-    linkname = linkname.split(b"\0", 1)[0].decode(encoding, errors)
     return _Member(name, mode, uid, gid, mtime, size, linkname, data, kind), data + _following(kind, size)
 
 
@@ -496,7 +510,7 @@ def _pax_member(fd: int, buf: bytes, offset: int, file_size: int, encoding: str,
     if buf[156:157] != tarfile.XHDTYPE:
         return None
     fields = _HEADER.unpack(buf)
-    numbers = _numbers((fields[6], *fields[1:6], fields[9], fields[10]))  # chksum, mode ... mtime, devices
+    numbers = _numbers(fields[6], *fields[1:6], fields[9], fields[10])
     if numbers is None or not _checksum_ok(buf, numbers[0]) or numbers[4] > _MAX_SPECIAL:
         return None
     records_at = offset + _BLOCK
@@ -586,8 +600,9 @@ def _entry(
 ) -> Entry | None:
     """The tree entry for one tar member; None for what a volume never shows (devices, FIFOs).
 
-    Each entry is built in one constructor call (not built and then ``replace``d): this runs
-    once per archive member, on the cold-publish path (bench/RESULTS.md).
+    Each entry is built in one constructor call of positional arguments (not built and then
+    ``replace``d, no keywords): this runs once per archive member, on the cold-publish path
+    (bench/RESULTS.md).
     """
     uid, gid, mtime = member.uid, member.gid, member.mtime
     if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID and -_MAX_MTIME <= mtime <= _MAX_MTIME):  # NaN fails too
@@ -606,7 +621,7 @@ def _entry(
                 raise _unsafe(layer, member.name, "is a symlink whose target is not valid UTF-8") from None
             if length > _LINK_MAX:
                 raise _unsafe(layer, member.name, f"is a symlink whose target is longer than {_LINK_MAX} bytes")
-        return Entry(path, Kind.SYMLINK, mode, uid, gid, mtime, link=member.linkname)
+        return Entry(path, Kind.SYMLINK, mode, uid, gid, mtime, 0, member.linkname)
     if kind is _LNK:
         target = _normalise(member.linkname)
         node = tree.nodes.get(target) if target is not None else None
@@ -624,10 +639,7 @@ def _entry(
             raise errors.InvalidArgument(
                 f"layer {layer.digest}: entry {member.name!r} runs past the end of the archive"
             )
-        return Entry(
-            path, Kind.FILE, mode, uid, gid, mtime, size=member.size, source=archive.source,
-            offset=member.offset_data,
-        )
+        return Entry(path, Kind.FILE, mode, uid, gid, mtime, member.size, "", archive.source, member.offset_data)
     return None
 
 
@@ -667,23 +679,30 @@ class _Tree:
         """Add ``entry`` in place of whatever the path held.
 
         A directory over a directory only updates its metadata and keeps the
-        children, as extracting one layer over another would.
+        children, as extracting one layer over another would. Runs once per archive member on
+        the cold-publish path, so the entry's fields are read by index and ``_parents``'
+        common case (the parent is a directory already) is settled here.
         """
-        if not entry.path:
-            if entry.kind is not Kind.DIR:
+        path, kind = entry[0], entry[1]
+        if not path:
+            if kind is not Kind.DIR:
                 raise _unsafe(layer, ".", "would replace the volume root with a non-directory")
             self.nodes[""] = entry
             return
-        parent = self._parents(entry.path, layer)
-        old = self.nodes.get(entry.path)
-        if old is not None and not (old.kind is Kind.DIR and entry.kind is Kind.DIR):
-            self.remove(entry.path)
-        self.nodes[entry.path] = entry
-        self.children[parent].add(entry.path)
-        if entry.kind is Kind.DIR:
-            self.children.setdefault(entry.path, set())
-        if entry.kind is Kind.FILE:
-            self.unpacked += entry.size
+        nodes = self.nodes
+        parent = path.rpartition("/")[0]
+        node = nodes.get(parent)
+        if node is None or node[1] is not Kind.DIR:
+            parent = self._parents(path, layer)
+        old = nodes.get(path)
+        if old is not None and not (old[1] is Kind.DIR and kind is Kind.DIR):
+            self.remove(path)
+        nodes[path] = entry
+        self.children[parent].add(path)
+        if kind is Kind.DIR:
+            self.children.setdefault(path, set())
+        elif kind is Kind.FILE:
+            self.unpacked += entry[6]
             if self.unpacked > self.limits.max_unpacked_bytes:
                 raise errors.ResourceExhausted(
                     f"layer {layer.digest}: the artifact unpacks to more than "
@@ -698,13 +717,9 @@ class _Tree:
         symlink is refused, since an entry below it would be written through it.
 
         A node is only ever present with all its ancestors present as directories (``put``
-        and ``remove`` keep it so), so a parent that is already a directory settles it at
-        once: the common case, and one dict lookup instead of a walk from the root.
+        and ``remove`` keep it so), so ``put`` calls this only when the parent is not a
+        directory yet.
         """
-        parent = path.rpartition("/")[0]
-        node = self.nodes.get(parent)
-        if node is not None and node.kind is Kind.DIR:
-            return parent
         parent = ""
         for part in path.split("/")[:-1]:
             child = f"{parent}/{part}" if parent else part
