@@ -104,13 +104,9 @@ LISTING_PART = 4096
 """Entries per packed row of ``listings``."""
 
 
-_STORED_KIND = {kind: kind.value for kind in Kind}
-"""A Kind as stored (marshal takes no Enum): a dict lookup, faster than ``.value``."""
-
-
 def _as_rows(entries: Sequence[Entry]) -> list[tuple]:
-    """Entries as stored rows, the inverse of ``_as_entries``."""
-    return [(p, _STORED_KIND[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in entries]
+    """Entries as stored rows (marshal takes plain tuples only), the inverse of ``_as_entries``."""
+    return list(map(tuple, entries))
 
 
 _LEGACY_ROWS = "SELECT path, kind, mode, uid, gid, mtime, size, link, source, offset FROM entries WHERE tree = ?"

@@ -12,18 +12,24 @@ inside the store (relative to the state dir) and ``offset`` where its bytes begi
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import NamedTuple
 
 
-class Kind(str, Enum):
+class Kind:
+    """An entry's kind: one of three plain strings, compared by identity (``is``).
+
+    Not an Enum: reading ``Kind.DIR`` off an Enum costs ~50 ns, a plain class attribute ~15,
+    and the layout, the store and both views read several per entry on the cold-publish path;
+    and entries of plain strings are stored (marshal) without converting them (bench/RESULTS.md).
+    """
+
     DIR = "dir"
     FILE = "file"
     SYMLINK = "symlink"
 
 
-KINDS = {kind.value: kind for kind in Kind}
-"""A stored kind back to its Kind: a dict lookup, several times faster than ``Kind(value)``."""
+KINDS = {kind: kind for kind in (Kind.DIR, Kind.FILE, Kind.SYMLINK)}
+"""A kind read back from the store to its constant, so that identity comparisons hold for it."""
 
 
 class Entry(NamedTuple):
@@ -39,7 +45,7 @@ class Entry(NamedTuple):
     """
 
     path: str
-    kind: Kind
+    kind: str  # a Kind
     mode: int
     uid: int = 0
     gid: int = 0

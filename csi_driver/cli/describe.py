@@ -160,7 +160,7 @@ def _volume(entries: list[Entry]) -> dict[str, Any]:
         "top_level": [e.path + "/" * (e.kind is Kind.DIR) for e in entries if "/" not in e.path],
         "entries": [
             {
-                "path": e.path, "kind": e.kind.value, "mode": f"{e.mode:04o}",
+                "path": e.path, "kind": e.kind, "mode": f"{e.mode:04o}",
                 "uid": e.uid, "gid": e.gid, "size": e.size, "link": e.link,
             }
             for e in entries
@@ -203,8 +203,8 @@ def _tree_text(v: dict[str, Any], whole_tree: bool) -> str:
     shown = v["entries"] if whole_tree else v["entries"][:LISTED]
     rows = [
         (
-            stat.filemode(_TYPE_BITS[Kind(e["kind"])] | int(e["mode"], 8)), f"{e['uid']}:{e['gid']}",
-            size(e["size"]) if e["kind"] == Kind.FILE.value else "-",
+            stat.filemode(_TYPE_BITS[e["kind"]] | int(e["mode"], 8)), f"{e['uid']}:{e['gid']}",
+            size(e["size"]) if e["kind"] == Kind.FILE else "-",
             e["path"] + (f" -> {e['link']}" if e["link"] else ""),
         )
         for e in shown
