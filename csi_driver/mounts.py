@@ -48,6 +48,7 @@ class MountInfo:
     fs_type: str
     source: str
     options: frozenset[str]
+    device: str = ""  # "major:minor" of the mounted file system, as /sys/class/bdi names it
 
 
 def _unescape(field: str) -> str:
@@ -64,6 +65,7 @@ def _parse(line: str) -> MountInfo:
         fs_type=tail[0],
         source=_unescape(tail[1]),
         options=frozenset(fields[5].split(",")),
+        device=fields[2],
     )
 
 

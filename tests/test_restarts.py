@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from artifacts import PLUGIN_TREE, push_image, push_klaus
-from csi_driver import mounts
+from csi_driver import mounts, views
 from csi_driver._pb import csi_pb2
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
@@ -109,6 +109,27 @@ def test_killed_fuse_server_is_replaced_and_targets_rebound(
         assert walk(target) == expected_walk(PLUGIN_TREE)
         assert d.identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
         assert stats(d, request).volume_condition.abnormal is False
+        d.unpublish(unpublish_request(request))
+
+
+def view_readahead_kb(driver: Driver) -> int:
+    info = mounts.find_mount(str(driver.state_dir / "view"))
+    assert info is not None, "the FUSE view is not mounted"
+    return int(Path(f"/sys/class/bdi/{info.device}/read_ahead_kb").read_text())
+
+
+def test_the_views_readahead_is_raised_so_large_files_arrive_in_1_mib_requests_also_after_a_restart(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    target = Path(request.target_path)
+    with run_driver(tmp_path, registry, "fuse") as d:
+        d.publish(request)
+        assert view_readahead_kb(d) == views.READAHEAD_KB == 1024
+        old = fuse_pid(d)
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: fuse_pids(d) not in ([], [old]) and readable(target / PLUGIN_FILE))
+        assert view_readahead_kb(d) == views.READAHEAD_KB
         d.unpublish(unpublish_request(request))
 
 
