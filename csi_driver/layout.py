@@ -418,11 +418,11 @@ _ZERO_DEVICE = frozenset({b"\0" * 8, b"0000000\0", b"000000 \0", b"0000000 ", b"
 """Device number fields that ``nti()`` reads as 0: how writers fill them for every non-device."""
 
 
-def _numbers(chksum: bytes, mode: bytes, uid: bytes, gid: bytes, size: bytes, mtime: bytes, major: bytes,
-             minor: bytes) -> tuple[int, int, int, int, int, int] | None:  # fmt: skip
-    """The header's checksum, mode, uid, gid, size and mtime as ``nti()`` reads them, or None for
-    anything it may read otherwise (then tarfile reads the header). The device numbers, unused
-    here, are checked too, so that an unreadable one is an invalid header, as it is to tarfile.
+def _numbers(fields: tuple[bytes, ...]) -> tuple[int, int, int, int, int, int] | None:
+    """The checksum, mode, uid, gid, size and mtime of a header's ``fields`` (as ``_HEADER``
+    unpacks them) as ``nti()`` reads them, or None for anything it may read otherwise (then
+    tarfile reads the header). The device numbers, unused here, are checked too, so that an
+    unreadable one is an invalid header, as it is to tarfile.
 
     ``nti()`` takes a field up to its first NUL, decodes it as ASCII, strips it and reads it as
     octal ("" is 0). Here the field loses its trailing NULs and spaces instead, in one C call:
@@ -431,6 +431,7 @@ def _numbers(chksum: bytes, mode: bytes, uid: bytes, gid: bytes, size: bytes, mt
     base-256, a byte that is whitespace only to ``str``), the header goes to tarfile. Spelled
     out field by field, not looped over (bench/RESULTS.md).
     """
+    _, mode, uid, gid, size, mtime, chksum, _, _, major, minor, _ = fields
     try:
         if major not in _ZERO_DEVICE or minor not in _ZERO_DEVICE:
             int(major.rstrip(b"\0 ") or b"0", 8), int(minor.rstrip(b"\0 ") or b"0", 8)
@@ -456,7 +457,7 @@ def _plain_header(buf: bytes, offset: int, encoding: str, errors: str) -> tuple[
     kind = _PLAIN_TYPES.get(fields[7])
     if kind is None:
         return None
-    numbers = _numbers(fields[6], *fields[1:6], fields[9], fields[10])
+    numbers = _numbers(fields)
     if numbers is None or not _checksum_ok(buf, numbers[0]):
         return None
     _, mode, uid, gid, size, mtime = numbers
@@ -510,7 +511,7 @@ def _pax_member(fd: int, buf: bytes, offset: int, file_size: int, encoding: str,
     if buf[156:157] != tarfile.XHDTYPE:
         return None
     fields = _HEADER.unpack(buf)
-    numbers = _numbers(fields[6], *fields[1:6], fields[9], fields[10])
+    numbers = _numbers(fields)
     if numbers is None or not _checksum_ok(buf, numbers[0]) or numbers[4] > _MAX_SPECIAL:
         return None
     records_at = offset + _BLOCK
