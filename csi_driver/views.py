@@ -77,25 +77,27 @@ class FuseView:
         """Start ``oci-volume-csi fuse`` detached unless a live view is already mounted or
         another server (the DaemonSet's fuse container) holds the view lock and is replacing it;
         then raise the view's readahead (``_raise_readahead``)."""
-        if self.live():
-            pass
-        elif viewlock.held(self.store.root):
-            self._wait_live("the FUSE server holding the view lock did not mount it")
-        else:
-            if mounts.path_state(self.mountpoint) == "missing":  # a dead view is detached by the new server
-                os.makedirs(self.mountpoint)
-            output = open(self.store.root / "fuse.log", "ab")
-            subprocess.Popen(
-                [sys.executable, "-m", "csi_driver", "fuse", "--state-dir", str(self.store.root)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-                close_fds=True,
-            )
-            output.close()
-            self._wait_live(f"the FUSE view did not come up; see {self.store.root / 'fuse.log'}")
+        if not self.live():
+            if viewlock.held(self.store.root):
+                self._wait_live("the FUSE server holding the view lock did not mount it")
+            else:
+                self._start()
         self._raise_readahead()
+
+    def _start(self) -> None:
+        if mounts.path_state(self.mountpoint) == "missing":  # a dead view is detached by the new server
+            os.makedirs(self.mountpoint)
+        output = open(self.store.root / "fuse.log", "ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "csi_driver", "fuse", "--state-dir", str(self.store.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            close_fds=True,
+        )
+        output.close()
+        self._wait_live(f"the FUSE view did not come up; see {self.store.root / 'fuse.log'}")
 
     def _raise_readahead(self) -> None:
         """Let the kernel read ahead ``READAHEAD_KB`` of a view's file at a time, in requests of 1 MiB.

@@ -7,6 +7,7 @@ A driver upgrade or crash must never break a running pod's volume (DESIGN.md
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import io
 import os
 import random
@@ -23,6 +24,7 @@ import pytest
 from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver import mounts, views
 from csi_driver._pb import csi_pb2
+from csi_driver.store import Store
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -131,6 +133,22 @@ def test_the_views_readahead_is_raised_so_large_files_arrive_in_1_mib_requests_a
         wait_until(lambda: fuse_pids(d) not in ([], [old]) and readable(target / PLUGIN_FILE))
         assert view_readahead_kb(d) == views.READAHEAD_KB
         d.unpublish(unpublish_request(request))
+
+
+def test_a_read_only_sys_leaves_the_views_readahead_as_it_is_and_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    view = views.FuseView(Store(tmp_path))
+    info = mounts.MountInfo(view.mountpoint, "/", views.FUSE_FS_TYPE, "oci-volume-csi", frozenset({"ro"}), "0:999")
+    monkeypatch.setattr(mounts, "find_mount", lambda path: info if path == view.mountpoint else None)
+
+    def read_only(self: Path, text: str) -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    view._raise_readahead()
+    assert "could not raise the readahead of the FUSE view" in caplog.text
+    assert "/sys/class/bdi/0:999/read_ahead_kb" in caplog.text
 
 
 def test_restarted_fuse_container_stands_by_and_takes_over_instead_of_crash_looping(
