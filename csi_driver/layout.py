@@ -681,10 +681,10 @@ class _Tree:
 
         A directory over a directory only updates its metadata and keeps the
         children, as extracting one layer over another would. Runs once per archive member on
-        the cold-publish path, so the entry's fields are read by index and ``_parents``'
-        common case (the parent is a directory already) is settled here.
+        the cold-publish path, so ``_parents``' common case (the parent is a directory already)
+        is settled here, with one dict lookup.
         """
-        path, kind = entry[0], entry[1]
+        path, kind = entry.path, entry.kind
         if not path:
             if kind is not Kind.DIR:
                 raise _unsafe(layer, ".", "would replace the volume root with a non-directory")
@@ -693,17 +693,17 @@ class _Tree:
         nodes = self.nodes
         parent = path.rpartition("/")[0]
         node = nodes.get(parent)
-        if node is None or node[1] is not Kind.DIR:
+        if node is None or node.kind is not Kind.DIR:
             parent = self._parents(path, layer)
         old = nodes.get(path)
-        if old is not None and not (old[1] is Kind.DIR and kind is Kind.DIR):
+        if old is not None and not (old.kind is Kind.DIR and kind is Kind.DIR):
             self.remove(path)
         nodes[path] = entry
         self.children[parent].add(path)
         if kind is Kind.DIR:
             self.children.setdefault(path, set())
         elif kind is Kind.FILE:
-            self.unpacked += entry[6]
+            self.unpacked += entry.size
             if self.unpacked > self.limits.max_unpacked_bytes:
                 raise errors.ResourceExhausted(
                     f"layer {layer.digest}: the artifact unpacks to more than "
