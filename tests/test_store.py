@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import marshal
 import os
 import sqlite3
 import tarfile
@@ -203,6 +204,22 @@ def test_tree_root_answers_from_the_first_part_with_the_entry_count(tmp_path: Pa
     assert store.tree_root(digest) == (root, 6)
     assert store.tree_root(rootless) == (ROOT, 1)  # the view shows a root all the same
     assert store.tree_root(digest_of(b"never committed")) is None
+
+
+def test_tree_root_unpacks_one_entry_the_root_alone_in_the_first_part(tmp_path: Path) -> None:
+    """The view's answer to a publish's lookup unpacks the root, not a part of 4,096 entries;
+    listings stored with the root in a full first part (earlier versions) answer the same."""
+    store = Store(tmp_path)
+    digest, older = digest_of(b"manifest"), digest_of(b"older manifest")
+    entries = [Entry("", Kind.DIR, 0o750)] + [Entry(f"f{i}", Kind.FILE, 0o644, size=i) for i in range(5)]
+    store.commit_tree(digest, entries)
+    db = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    parts = db.execute("SELECT part, entries FROM listings WHERE tree = ? ORDER BY part", (digest,)).fetchall()
+    assert [len(marshal.loads(packed)) for _, packed in parts] == [1, 5]
+    db.execute("INSERT INTO listings VALUES (?, 0, ?)", (older, marshal.dumps([tuple(entry) for entry in entries])))
+    db.execute("INSERT INTO trees VALUES (?, 0, 0, 6, 10, 0)", (older,))
+    assert store.tree_root(digest) == store.tree_root(older) == (entries[0], 6)
+    assert store.load_tree(digest) == store.load_tree(older) == entries
 
 
 def test_trees_committed_by_earlier_versions_as_entry_rows_still_load_and_remove(tmp_path: Path) -> None:
