@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from artifacts import push_image  # noqa: E402
+from csi_driver._pb import csi_pb2  # noqa: E402
 from driver import run_driver  # noqa: E402
 from kubelet import publish_request, target_for, unpublish_request  # noqa: E402
 from namespace import enter_private_namespace  # noqa: E402
@@ -313,6 +314,8 @@ def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_fi
                  cpu: list[float] | None = None, after: str | None = None) -> float:  # fmt: skip
     """One cold publish on a fresh driver and state dir; everything it wrote is deleted after.
 
+    The driver is first registered, untimed, as on a node before any pod can reach it:
+    node-driver-registrar asks GetPluginInfo, the kubelet NodeGetInfo, the liveness probe Probe.
     ``cpu`` gets the CPU seconds that ``serve`` (and the FUSE view) spent during the RPC.
     ``after``: another reference the driver publishes and unpublishes first, untimed, so that the
     timed publish meets a driver that has served before (gRPC threads, the registry connection,
@@ -320,6 +323,9 @@ def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_fi
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"cold-{mode}-", dir=base))
     with run_driver(tmp, registry, mode) as driver:
+        driver.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest())
+        driver.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest())
+        driver.identity.Probe(csi_pb2.ProbeRequest())
         if after is not None:
             first = publish_request(target_for(tmp / "kubelet", "pod-before", "image"), {"reference": after})
             driver.publish(first)
