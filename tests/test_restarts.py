@@ -98,6 +98,13 @@ def test_sigterm_stops_serving_and_keeps_mounts(registry: str, plugin, tmp_path:
         assert walk(Path(request.target_path)) == expected_walk(PLUGIN_TREE)
 
 
+def kill_the_view_and_wait_for_its_repair(driver: Driver, target: Path) -> None:
+    """SIGKILL the FUSE server; return once serve has started another and ``target`` reads again."""
+    old = fuse_pid(driver)
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: fuse_pids(driver) not in ([], [old]) and readable(target / PLUGIN_FILE))
+
+
 def test_killed_fuse_server_is_replaced_and_targets_rebound(
     registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
@@ -105,9 +112,7 @@ def test_killed_fuse_server_is_replaced_and_targets_rebound(
     target = Path(request.target_path)
     with run_driver(tmp_path, registry, "fuse") as d:
         d.publish(request)
-        old = fuse_pid(d)
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: fuse_pids(d) not in ([], [old]) and readable(target / PLUGIN_FILE))
+        kill_the_view_and_wait_for_its_repair(d, target)
         assert walk(target) == expected_walk(PLUGIN_TREE)
         assert d.identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
         assert stats(d, request).volume_condition.abnormal is False
@@ -128,9 +133,7 @@ def test_the_views_readahead_is_raised_so_large_files_arrive_in_1_mib_requests_a
     with run_driver(tmp_path, registry, "fuse") as d:
         d.publish(request)
         assert view_readahead_kb(d) == views.READAHEAD_KB == 1024
-        old = fuse_pid(d)
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: fuse_pids(d) not in ([], [old]) and readable(target / PLUGIN_FILE))
+        kill_the_view_and_wait_for_its_repair(d, target)
         assert view_readahead_kb(d) == views.READAHEAD_KB
         d.unpublish(unpublish_request(request))
 
