@@ -1,9 +1,11 @@
-"""Durable records of what this node publishes: volume id → target, reference, digest, pod.
+"""Records of what this node publishes: volume id → target, reference, digest, pod.
 
 Kept in SQLite beside the store so that a restarted driver knows what it serves,
 can re-bind targets when a view is replaced, and never removes content in use.
 A record is written after the mount succeeds and dropped after the unmount, so a
 crash in between leaves at worst a record whose target the next start reconciles.
+Commits are not flushed to the disk: a record survives the driver being killed, and a
+power loss, which might lose the last few, unmounts every volume anyway.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class Publications:
         if conn is None:
             conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
+            # A commit reaches the OS, not the disk: a power loss unmounts every volume anyway,
+            # and the next start reconciles the records with the mount table.
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 
