@@ -130,21 +130,6 @@ def _state(store: Store, publications: Publications, view: BindView | FuseView, 
     }
 
 
-def worker_pool(workers: int, store: Store, publications: Publications) -> futures.ThreadPoolExecutor:
-    """gRPC's threads, each opening its SQLite connections as it starts.
-
-    Connections are per thread. A worker starts at its first call, which on a node is a
-    registration call or a probe, so a pod's first publish finds them open instead of paying
-    for two (~0.3 ms).
-    """
-
-    def connect() -> None:
-        store.connect()
-        publications.connect()
-
-    return futures.ThreadPoolExecutor(max_workers=workers, initializer=connect)
-
-
 def socket_path(endpoint: str) -> str:
     if not endpoint.startswith("unix://"):
         raise SystemExit(f"--endpoint must be unix:///path/to.sock, not {endpoint!r}")
@@ -161,7 +146,7 @@ def serve(opts: ServeOptions) -> int:
     store.remove_unused_blobs(older_than=time.time())  # nothing is in flight yet: partial pulls go
     reconcile(publications, view)
     hosts.ssl_context(hosts.TLS())  # the node's trust store takes ~20 ms: now, not in the first pod's pull
-    server = grpc.server(worker_pool(opts.workers, store, publications), interceptors=[ErrorInterceptor()])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
     node = NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials))
     csi_pb2_grpc.add_NodeServicer_to_server(node, server)
