@@ -16,6 +16,8 @@ import time
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
+from .store import open_database
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS publications (
     volume_id TEXT PRIMARY KEY,
@@ -55,12 +57,7 @@ class Publications:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # A commit reaches the OS, not the disk: a power loss unmounts every volume anyway,
-            # and the next start reconciles the records with the mount table.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
+            conn = self._local.conn = open_database(self._path)
         return conn
 
     def _one(self, where: str, value: str) -> Publication | None:

@@ -133,6 +133,20 @@ def _as_entries(rows: Iterable[tuple]) -> Iterator[Entry]:
     return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
 
 
+def open_database(path: Path) -> sqlite3.Connection:
+    """A connection to one of the driver's SQLite files (the store's, the publications').
+
+    Autocommit (transactions are explicit), WAL so that readers in other threads and in the
+    FUSE view never wait on a writer, and commits that reach the OS but are not flushed to the
+    disk (``synchronous=NORMAL``): everything survives a killed driver; a power loss, which
+    might lose the last commits, also unmounts every volume, and the next start reconciles.
+    """
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 def digest_hex(digest: str) -> str:
     """The hex part of a sha256 digest; anything else could name a path outside the store."""
     if not valid_digest(digest):
@@ -246,10 +260,7 @@ class Store:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.root / "store.db", timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
+            conn = self._local.conn = open_database(self.root / "store.db")
         return conn
 
     @contextlib.contextmanager
