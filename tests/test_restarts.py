@@ -7,6 +7,7 @@ A driver upgrade or crash must never break a running pod's volume (DESIGN.md
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import io
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -89,10 +91,19 @@ def test_volumes_stay_readable_while_serve_is_killed_and_restarted(
             assert not target.exists()
 
 
-def test_sigterm_stops_serving_and_keeps_mounts(registry: str, plugin, tmp_path: Path, kubelet_root: Path) -> None:
+@contextlib.contextmanager
+def published_plugin(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> Iterator[tuple[Driver, csi_pb2.NodePublishVolumeRequest]]:
+    """A fuse-mode driver that has published the plugin for pod-1; the driver and the request."""
     request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with run_driver(tmp_path, registry, "fuse") as driver:
+        driver.publish(request)
+        yield driver, request
+
+
+def test_sigterm_stops_serving_and_keeps_mounts(registry: str, plugin, tmp_path: Path, kubelet_root: Path) -> None:
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
         d.process.send_signal(signal.SIGTERM)
         assert d.process.wait(timeout=15) == 0
         assert walk(Path(request.target_path)) == expected_walk(PLUGIN_TREE)
@@ -108,10 +119,8 @@ def kill_the_view_and_wait_for_its_repair(driver: Driver, target: Path) -> None:
 def test_killed_fuse_server_is_replaced_and_targets_rebound(
     registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    target = Path(request.target_path)
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
+        target = Path(request.target_path)
         kill_the_view_and_wait_for_its_repair(d, target)
         assert walk(target) == expected_walk(PLUGIN_TREE)
         assert d.identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
@@ -128,10 +137,8 @@ def view_readahead_kb(driver: Driver) -> int:
 def test_the_views_readahead_is_raised_so_large_files_arrive_in_1_mib_requests_also_after_a_restart(
     registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    target = Path(request.target_path)
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
+        target = Path(request.target_path)
         assert view_readahead_kb(d) == views.READAHEAD_KB == 1024
         kill_the_view_and_wait_for_its_repair(d, target)
         assert view_readahead_kb(d) == views.READAHEAD_KB
@@ -159,10 +166,8 @@ def test_restarted_fuse_container_stands_by_and_takes_over_instead_of_crash_loop
 ) -> None:
     """The DaemonSet's fuse container crashed, serve started its own view; the container's
     restart must wait, not exit, and when serve's view dies it is the one that replaces it."""
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    target = Path(request.target_path)
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
+        target = Path(request.target_path)
         serves = fuse_pid(d)
         container = subprocess.Popen(
             [sys.executable, "-m", "csi_driver", "fuse", "--state-dir", str(d.state_dir)],
@@ -185,10 +190,8 @@ def test_container_with_host_to_container_propagation_sees_the_repair(
     # The kubelet dir is a shared mount on a node; a container's view of it is a slave.
     subprocess.run(["mount", "--bind", str(kubelet_root), str(kubelet_root)], check=True)
     subprocess.run(["mount", "--make-shared", str(kubelet_root)], check=True)
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    plugin_json = Path(request.target_path) / PLUGIN_FILE
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
+        plugin_json = Path(request.target_path) / PLUGIN_FILE
         container = subprocess.Popen(["unshare", "-m", "--propagation", "slave", "sleep", "120"])
         try:
             time.sleep(0.2)
@@ -206,9 +209,7 @@ def test_container_with_host_to_container_propagation_sees_the_repair(
 
 
 def test_unpublish_succeeds_when_the_view_is_dead(registry: str, plugin, tmp_path: Path, kubelet_root: Path) -> None:
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
         os.kill(fuse_pid(d), signal.SIGKILL)
         time.sleep(0.05)
         d.unpublish(unpublish_request(request))
@@ -219,9 +220,7 @@ def test_unpublish_succeeds_when_the_view_is_dead(registry: str, plugin, tmp_pat
 def test_volume_stats_report_bytes_inodes_and_a_dead_view(
     registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    with run_driver(tmp_path, registry, "fuse") as d:
-        d.publish(request)
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
         healthy = stats(d, request)
         files = [c for c, _ in PLUGIN_TREE.values() if isinstance(c, bytes)]
         by_unit = {u.unit: u for u in healthy.usage}
