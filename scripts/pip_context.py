@@ -18,7 +18,19 @@ import subprocess
 import sys
 from urllib.parse import urlparse
 
-PATH_KEYS = ("cert", "client-cert", "find-links", "index-url", "extra-index-url")
+# Every pip setting whose value names local files pip reads: CA bundles and client certificates,
+# constraints and requirements files, wheel directories and file:// indexes. One the build cannot
+# open stops it ("Could not open requirements file"), so each must be bound into the build.
+PATH_KEYS = (
+    "cert",
+    "client-cert",
+    "constraint",
+    "build-constraint",
+    "requirement",
+    "find-links",
+    "index-url",
+    "extra-index-url",
+)
 INDEX_KEYS = ("index-url", "extra-index-url")
 
 
