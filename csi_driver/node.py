@@ -20,7 +20,7 @@ from .authorize import AccessChecks
 from .credentials import Keyring
 from .publications import Publication, Publications
 from .pull import PullConfig, pull
-from .spec import check_target_path, check_volume_id, from_publish_request
+from .spec import check_target_path, check_volume_id, check_volume_path, from_publish_request
 from .store import Store
 from .views import BindView, FuseView
 
@@ -80,12 +80,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def NodeGetVolumeStats(self, request, context):  # noqa: N802
         """Bytes and inodes of the volume's tree; abnormal when its mount is gone or its view dead."""
         volume_id = check_volume_id(request.volume_id)
-        path = check_target_path(request.volume_path)
+        path = check_volume_path(request.volume_path)
         pub = self.publications.by_volume(volume_id)
-        if pub is None or pub.target != path:
-            raise errors.NotFound(f"volume {volume_id} is not published at {path} on this node")
+        if pub is None:
+            raise errors.NotFound(f"volume {volume_id} is not published on this node")
+        if pub.target != path:
+            raise errors.NotFound(
+                f"volume {volume_id} is published at {pub.target} on this node, not at {request.volume_path!r}"
+            )
         size, entries = self.store.usage(pub.digest)
-        state = mounts.target_state(path)
+        state = mounts.target_state(pub.target)
         message = f"{pub.reference} ({pub.digest}) via the {pub.mode} view"
         if state != "ok":
             message = f"{message}: the mount is {'dead' if state == 'dead' else state}; the driver is repairing it"

@@ -58,6 +58,18 @@ def check_target_path(target: str) -> str:
     return posixpath.normpath(target)
 
 
+def check_volume_path(path: str) -> str:
+    """NodeGetVolumeStats' ``volume_path``, normalised as a published target is.
+
+    Only its presence is checked here: the volume id is looked up first, so an unknown id is
+    NOT_FOUND whatever the path (as csi-sanity expects), and the path is then judged by
+    comparing it with the publication's target, never by its shape.
+    """
+    if not path:
+        raise errors.InvalidArgument("volume_path is missing from the request")
+    return posixpath.normpath(path)
+
+
 def check_platform(text: str) -> str:
     """``os/arch[/variant]`` as Go names them, e.g. linux/arm64 or linux/arm/v7."""
     parts = text.split("/")

@@ -11,6 +11,7 @@ the attributes and the Secret; the rest is the kubelet's, checked all the same.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ from artifacts import PLUGIN_TREE, push_klaus
 from csi_driver._pb import csi_pb2
 from driver import Driver, run_driver
 from hostile import MARKER, Canary, Watch, assert_still_serves, expect
-from kubelet import publish_request, target_for
+from kubelet import publish_request, target_for, unpublish_request
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
 HEX = "0123456789abcdef" * 4
 
 Request = csi_pb2.NodePublishVolumeRequest
@@ -149,3 +151,50 @@ def test_unpublish_of_a_bad_target_is_refused_and_touches_nothing(path: str, dri
     assert caught.value.code() == INVALID
     assert "target_path" in (caught.value.details() or "")
     watch.assert_unchanged(before)
+
+
+def sanity_volume_id() -> str:
+    """A volume id as csi-sanity's default ``IDGenerator.GenerateUniqueValidVolumeID`` makes them."""
+    return f"fake-vol-id-{str(uuid.uuid4())[:10]}"
+
+
+STATS_SPECS = [  # csi-sanity's NodeGetVolumeStats specs (pkg/sanity/node.go): the request each sends, its code
+    ("should_fail_when_no_volume_id_is_provided", lambda: {"volume_path": "some/path"}, INVALID, "volume_id is missing"),
+    ("should_fail_when_no_volume_path_is_provided", lambda: {"volume_id": sanity_volume_id()}, INVALID,
+     "volume_path is missing"),
+    ("should_fail_when_volume_is_not_found", lambda: {"volume_id": sanity_volume_id(), "volume_path": "some/path"},
+     NOT_FOUND, "not published on this node"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "fields", "code", "says"), STATS_SPECS, ids=[s[0] for s in STATS_SPECS])
+def test_volume_stats_answers_csi_sanitys_requests(spec: str, fields: Callable[[], dict[str, str]],
+                                                   code: grpc.StatusCode, says: str, driver: Driver) -> None:  # fmt: skip
+    request = csi_pb2.NodeGetVolumeStatsRequest(**fields())
+    with pytest.raises(grpc.RpcError) as caught:
+        driver.node.NodeGetVolumeStats(request)
+    details = caught.value.details() or ""
+    assert caught.value.code() == code, f"{caught.value.code()}: {details}"
+    assert says in details and "target_path" not in details, details
+    if code == NOT_FOUND:
+        assert request.volume_id in details
+
+
+def test_volume_stats_of_a_published_volume_at_another_path_is_not_found(driver: Driver, good: str,
+                                                                         kubelet_root: Path) -> None:  # fmt: skip
+    """csi-sanity's "should fail when volume does not exist on the specified path"; the right path answers."""
+    request = publish_request(target_for(kubelet_root, "pod-stats", "volume"), {"reference": good})
+    driver.publish(request)
+    try:
+        for path in ("some/path", f"{request.target_path}-other", "/"):
+            with pytest.raises(grpc.RpcError) as caught:
+                driver.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_id=request.volume_id,
+                                                                                 volume_path=path))  # fmt: skip
+            assert caught.value.code() == NOT_FOUND, caught.value.details()
+            assert request.target_path in (caught.value.details() or "")
+        stats = driver.node.NodeGetVolumeStats(
+            csi_pb2.NodeGetVolumeStatsRequest(volume_id=request.volume_id, volume_path=request.target_path)
+        )
+        assert stats.volume_condition.abnormal is False
+    finally:
+        driver.unpublish(unpublish_request(request))
