@@ -172,8 +172,9 @@ class _Inflater:
     2 KiB, ISA-L and zstd, file writes), so the inflate, the longest, overlaps the download and
     the hash instead of following them (bench/RESULTS.md has the numbers). It behaves as the
     serial loop did: the same checks on the same bytes, and the first error in chunk order is
-    the one raised. A failed inflate stops the download at the next chunk it is handed, at
-    most 8 chunks (the queue) after the bad one; the download's size cap still holds.
+    the one ``close`` raises. The digest is the stronger fact, so a failed inflate does not stop
+    the download: the rest of the blob (capped at its declared size) is only hashed, and the
+    caller reports the inflate's error only if the bytes match their digest (DATA_LOSS otherwise).
     """
 
     def __init__(self, compression: str, out: BinaryIO, max_decoded_bytes: int | None, what: str) -> None:
@@ -187,27 +188,26 @@ class _Inflater:
         self._thread = threading.Thread(target=self._run, name="inflate", daemon=True)
         self._thread.start()
 
-    def feed(self, chunk: bytes) -> bool:
-        """Queue the next chunk; False (and nothing queued) once the inflater has failed."""
-        if self._error is not None:
-            return False
-        self._queue.put(chunk)
-        return True
+    def feed(self, chunk: bytes) -> None:
+        """Queue the next chunk; nothing is queued once the inflater has failed."""
+        if self._error is None:
+            self._queue.put(chunk)
 
     def close(self) -> int:
         """The blob is complete: wait until it is inflated and written; the decoded size, or the error."""
-        return self._stop(_END)
-
-    def abort(self) -> None:
-        """The download failed: stop without checking the stream's end; raise an earlier error if any."""
-        self._stop(_ABORT)
-
-    def _stop(self, marker: object) -> int:
-        self._queue.put(marker)
-        self._thread.join()
+        self._stop(_END)
         if self._error is not None:
             raise self._error
         return self._decoded
+
+    def abort(self) -> None:
+        """The download failed: stop without checking the stream's end. The download's error is
+        the one to report, not an earlier inflate error: a blob not read whole has no known digest."""
+        self._stop(_ABORT)
+
+    def _stop(self, marker: object) -> None:
+        self._queue.put(marker)
+        self._thread.join()
 
     def _write(self, data: bytes) -> None:
         self._decoded += len(data)
@@ -334,7 +334,10 @@ class Store:
         """Stream a blob into the store, verifying its size and digest before it is named.
 
         With ``compression`` ("gzip"/"zstd") the inflated tar is written alongside in the
-        same pass. ``what`` names the blob in error messages (reference and layer).
+        same pass. Bytes that do not match the digest are DATA_LOSS even when they also fail to
+        inflate: the inflate's own error (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED past
+        ``max_decoded_bytes``) is raised only for the digest's bytes. ``what`` names the blob in
+        error messages (reference and layer).
         """
         what = what or digest
         hexpart = digest_hex(digest)
@@ -344,6 +347,7 @@ class Store:
         dec_tmp = tmp / f"layer-{suffix}.tar"
         hasher = hashlib.sha256()
         received = decoded = 0
+        undecodable: Exception | None = None  # the inflater's error, raised once the digest matches
         try:
             with contextlib.ExitStack() as stack:
                 raw = stack.enter_context(open(raw_tmp, "wb"))
@@ -361,22 +365,25 @@ class Store:
                             )
                         hasher.update(chunk)
                         raw.write(chunk)
-                        if inflater is not None and not inflater.feed(chunk):
-                            break  # it failed on an earlier chunk: stop downloading, close() raises its error
+                        if inflater is not None:
+                            inflater.feed(chunk)
                 except BaseException:
                     if inflater is not None:
-                        # Raises the inflater's error, if any, in place of ours: it met it on an earlier
-                        # chunk than the one we failed on, so the serial order would raise it first.
                         inflater.abort()
                     raise
                 if inflater is not None:
-                    decoded = inflater.close()
+                    try:
+                        decoded = inflater.close()
+                    except Exception as exc:  # noqa: BLE001 - raised below, unless the digest says DATA_LOSS
+                        undecodable = exc
             actual = "sha256:" + hasher.hexdigest()
             if actual != digest or received != expected_size:
                 raise errors.DataLoss(
                     f"{what}: content does not match its digest (got {actual}, {received} bytes; "
                     f"expected {expected_size} bytes); the registry served corrupt data, push the artifact again"
                 )
+            if undecodable is not None:
+                raise undecodable
             if compression:
                 os.replace(dec_tmp, self.root / decoded_relpath(digest))
             os.replace(raw_tmp, self.root / blob_relpath(digest))

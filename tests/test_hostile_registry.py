@@ -25,6 +25,8 @@ from driver import Driver, run_driver, walk
 from hostile import (
     OCI_MANIFEST,
     TAR,
+    TGZ,
+    TZST,
     Blob,
     Canary,
     Watch,
@@ -54,7 +56,8 @@ class Lie:
     ``tag`` is ``repo:tag``; the manifest is ``manifest`` (default: one tar layer with a file
     named after the case) served by tag and by digest with ``content_type``; ``answers``
     override any (method, path) of the repository afterwards (``{m}`` is the manifest digest,
-    ``{b}`` the layer's). ``reference`` says how the pod names it: by tag or by ``@digest``.
+    ``{b}`` the layer's, of ``media_type``). ``reference`` says how the pod names it: by tag or
+    by ``@digest``.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Lie:
         default=lambda stub, m, b, manifest, blob: {}
     )
     by_digest: bool = False
+    media_type: str = TAR
     fetches_no_blob: bool = False
     check: Callable[[Path], None] | None = None
 
@@ -138,6 +142,15 @@ LIES: list[Lie] = [
     # -- bytes that do not match their digest ------------------------------------------------------
     Lie("blob_bytes_that_do_not_match_their_digest", DATA_LOSS, ("{b}", "digest"),
         answers=lambda s, m, b, man, blob: {("GET", "blob"): [(200, {}, other_bytes(blob.data))]}),
+    Lie("gzip_layer_whose_bytes_are_neither_gzip_nor_its_digests", DATA_LOSS, ("{b}", "digest"), media_type=TGZ,
+        answers=lambda s, m, b, man, blob: {("GET", "blob"): [(200, {}, other_bytes(blob.data))]}),
+    Lie("zstd_layer_whose_bytes_are_neither_zstd_nor_its_digests", DATA_LOSS, ("{b}", "digest"), media_type=TZST,
+        answers=lambda s, m, b, man, blob: {("GET", "blob"): [(200, {}, other_bytes(blob.data))]}),
+    Lie("manifest_by_digest_whose_bytes_are_neither_json_nor_its_digests", DATA_LOSS, ("{m}",), by_digest=True,
+        answers=lambda s, m, b, man, blob: {("GET", "manifest-digest"): [(200, {"Content-Type": OCI_MANIFEST}, b"<html>")]}),
+    Lie("manifest_by_tag_whose_bytes_are_neither_json_nor_the_digest_it_is_served_as", DATA_LOSS, ("{m}",),
+        answers=lambda s, m, b, man, blob: {("GET", "manifest-tag"): [
+            (200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": m}, b"<html>")]}),
     Lie("manifest_by_tag_whose_bytes_hash_differently", DATA_LOSS, ("{m}",),
         answers=lambda s, m, b, man, blob: {("GET", "manifest-tag"): [
             (200, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": m}, man + b" ")]}),
@@ -226,7 +239,7 @@ LIES: list[Lie] = [
 
 def script(stub: FakeRegistry, lie: Lie) -> tuple[str, str, str]:
     """Script ``lie`` on the stub; return the reference, manifest digest and layer digest."""
-    blob = layer(f(lie.repo.split("/", 1)[1], lie.repo.split("/", 1)[1].encode()), media_type=TAR)
+    blob = layer(f(lie.repo.split("/", 1)[1], lie.repo.split("/", 1)[1].encode()), media_type=lie.media_type)
     manifest = lie.manifest(blob) if lie.manifest else manifest_of([blob])
     m, b = sha256(manifest), blob.digest
     headers = {"Content-Type": lie.content_type, "Docker-Content-Digest": m}
@@ -287,6 +300,10 @@ def test_lying_registry(lie: Lie, driver: Driver, stub: FakeRegistry, canary: Ca
             driver.unpublish(unpublish_request(request))
     if lie.fetches_no_blob:
         assert not [s for s in stub.seen if s.path.startswith(f"/v2/{lie.repo}/blobs/")]
+    if lie.code is not None:  # nothing of the refused layer is named in the store
+        hexpart = b.removeprefix("sha256:")
+        assert not (driver.state_dir / "blobs" / "sha256" / hexpart).exists()
+        assert not (driver.state_dir / "layers" / "sha256" / f"{hexpart}.tar").exists()
     watch.assert_unchanged(before)
     assert_still_serves(driver, good, kubelet_root)
 

@@ -11,6 +11,7 @@ import sqlite3
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,53 @@ def test_corrupt_gzip_is_invalid_argument(tmp_path: Path) -> None:
     blob = b"definitely not gzip"
     with pytest.raises(errors.InvalidArgument, match="not valid gzip"):
         store.put_blob(digest_of(blob), [blob], expected_size=len(blob), compression="gzip")
+    assert not store.has_blob(digest_of(blob)) and not store.has_blob(digest_of(blob), decoded=True)
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("size", [19, 3 << 20], ids=["one_chunk", "many_chunks"])
+def test_bytes_that_neither_inflate_nor_match_their_digest_are_data_loss(tmp_path: Path, compression: str,
+                                                                        size: int) -> None:  # fmt: skip
+    """The digest is the stronger fact: the bytes are not the layer, whatever they inflate to."""
+    store = Store(tmp_path)
+    claimed = digest_of(b"the layer the manifest names")
+    sent = os.urandom(size)
+    with pytest.raises(errors.DataLoss, match="does not match its digest"):
+        store.put_blob(claimed, chunks(sent, 1 << 20), expected_size=size, compression=compression)
+    assert not store.has_blob(claimed) and not store.has_blob(claimed, decoded=True)
+    assert leftovers(store) == []
+
+
+def test_more_bytes_than_declared_that_do_not_inflate_either_is_data_loss(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    sent = b"not gzip at all" * 100
+    with pytest.raises(errors.DataLoss, match="more than the 100 bytes"):
+        store.put_blob(digest_of(sent), chunks(sent, 10), expected_size=100, compression="gzip")
+    assert leftovers(store) == []
+
+
+def test_a_download_that_breaks_after_bytes_that_do_not_inflate_reports_the_break(tmp_path: Path) -> None:
+    """A blob not read whole has no known digest, so its inflate error is not the verdict yet."""
+    store = Store(tmp_path)
+
+    def broken() -> Iterator[bytes]:
+        yield b"not gzip at all"
+        time.sleep(0.1)  # the inflater has failed on the first chunk by now
+        raise errors.Unavailable("the registry broke off")
+
+    with pytest.raises(errors.Unavailable, match="broke off"):
+        store.put_blob(digest_of(b"x"), broken(), expected_size=100, compression="gzip")
+    assert leftovers(store) == []
+
+
+def test_gzip_bomb_that_does_not_match_its_digest_is_data_loss(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    bomb = gzip.compress(b"\0" * (4 << 20))
+    claimed = digest_of(b"the layer the manifest names")
+    with pytest.raises(errors.DataLoss, match="does not match its digest"):
+        store.put_blob(claimed, chunks(bomb, 4096), len(bomb), compression="gzip", max_decoded_bytes=1 << 20)
+    assert not store.has_blob(claimed) and not store.has_blob(claimed, decoded=True)
     assert leftovers(store) == []
 
 
