@@ -18,6 +18,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -184,28 +185,100 @@ def test_restarted_fuse_container_stands_by_and_takes_over_instead_of_crash_loop
     container.wait(timeout=10)
 
 
-def test_container_with_host_to_container_propagation_sees_the_repair(
-    registry: str, plugin, tmp_path: Path, kubelet_root: Path
-) -> None:
-    # The kubelet dir is a shared mount on a node; a container's view of it is a slave.
+@pytest.fixture
+def shared_kubelet_root(kubelet_root: Path) -> Iterator[Path]:
+    """The kubelet dir as on a node, where ``/var/lib/kubelet`` is a shared mount: every target
+    mounted below it is then shared too, the master of a container's copy of it."""
     subprocess.run(["mount", "--bind", str(kubelet_root), str(kubelet_root)], check=True)
     subprocess.run(["mount", "--make-shared", str(kubelet_root)], check=True)
-    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
-        plugin_json = Path(request.target_path) / PLUGIN_FILE
-        container = subprocess.Popen(["unshare", "-m", "--propagation", "slave", "sleep", "120"])
-        try:
-            time.sleep(0.2)
-            in_container = ["nsenter", "-t", str(container.pid), "-m", "cat", str(plugin_json)]
-            expected = PLUGIN_TREE[PLUGIN_FILE][0]
-            assert subprocess.run(in_container, capture_output=True).stdout == expected
-            old = fuse_pid(d)
-            os.kill(old, signal.SIGKILL)
-            wait_until(lambda: subprocess.run(in_container, capture_output=True).stdout == expected)
-        finally:
-            container.kill()
-            container.wait()
-        d.unpublish(unpublish_request(request))
+    yield kubelet_root
     subprocess.run(["umount", "-l", str(kubelet_root)], check=False)
+
+
+def propagation(path: Path, pid: str = "self") -> list[str]:
+    """The propagation of each mount at ``path``, bottom first: ``shared:N``, ``master:N`` or ``private``."""
+    found = []
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.partition(" - ")[0].split()
+        if mounts._unescape(fields[4]) == str(path):
+            found.append(" ".join(fields[6:]) or "private")
+    return found
+
+
+@dataclass
+class Container:
+    """A process holding a volume as a container does; ``read`` and ``mounts`` look from inside."""
+
+    process: subprocess.Popen
+    path: Path
+
+    def read(self, name: str) -> bytes | None:
+        inside = ["nsenter", "-t", str(self.process.pid), "-m", "cat", str(self.path / name)]
+        done = subprocess.run(inside, capture_output=True)
+        return done.stdout if done.returncode == 0 else None
+
+    def mounts(self) -> list[mounts.MountInfo]:
+        table = mounts.mount_table(f"/proc/{self.process.pid}/mountinfo")
+        return [m for m in table if m.mount_point == str(self.path)]
+
+
+@contextlib.contextmanager
+def container_with_volume(target: Path, kubelet_root: Path, path: Path) -> Iterator[Container]:
+    """``target`` as runc hands it to a container whose volume mount says ``readOnly`` and
+    ``mountPropagation: HostToContainer``: a new mount namespace made ``rslave``, the target bound
+    at a path of the container's own (``--rbind``, remounted read-only, ``rslave``), and the host's
+    kubelet dir gone from its sight (runc's pivot_root drops it). The container's copy is a slave
+    of the target mount itself, not of the kubelet dir: only mounts made on top of the target reach it.
+    """
+    path.mkdir(parents=True)
+    script = (
+        f"mount --make-rslave / && mount --rbind {target} {path} && mount -o remount,bind,ro {path}"
+        f" && mount --make-rslave {path} && umount -l {kubelet_root} && echo ready && exec sleep 300"
+    )
+    process = subprocess.Popen(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n", "the container did not start"
+        yield Container(process, path)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def stop_the_driver_pod(driver: Driver) -> None:
+    """What deleting the DaemonSet's pod does (a rolling update): SIGTERM to ``serve`` and to the
+    FUSE server, which unmounts its view on the way out; the volumes' mounts stay, dead."""
+    view = fuse_pid(driver)
+    driver.process.send_signal(signal.SIGTERM)
+    assert driver.process.wait(timeout=15) == 0
+    os.kill(view, signal.SIGTERM)
+    wait_until(lambda: fuse_pids(driver) == [])
+
+
+def sees_the_repair(container: Container) -> None:
+    """The container reads its volume again, through a mount as read-only as the first one."""
+    wait_until(lambda: container.read(PLUGIN_FILE) == PLUGIN_TREE[PLUGIN_FILE][0])
+    assert {"ro", "nosuid", "nodev"} <= container.mounts()[-1].options
+
+
+@pytest.mark.parametrize("how", ["the view is killed", "the driver pod is replaced"])
+def test_a_container_with_host_to_container_propagation_sees_the_repair(
+    how: str, registry: str, plugin, tmp_path: Path, shared_kubelet_root: Path
+) -> None:
+    with published_plugin(registry, plugin, tmp_path, shared_kubelet_root) as (d, request):
+        target = Path(request.target_path)
+        [shared] = propagation(target)
+        assert shared.startswith("shared:"), "a target below the kubelet dir is shared, as on a node"
+        with container_with_volume(target, shared_kubelet_root, tmp_path / "container" / "plugin") as container:
+            assert propagation(container.path, str(container.process.pid)) == [shared.replace("shared", "master")]
+            assert container.read(PLUGIN_FILE) == PLUGIN_TREE[PLUGIN_FILE][0]
+            if how == "the view is killed":
+                os.kill(fuse_pid(d), signal.SIGKILL)  # serve's watchdog repairs
+                sees_the_repair(container)
+            else:
+                stop_the_driver_pod(d)
+                assert container.read(PLUGIN_FILE) is None
+                with run_driver(tmp_path, registry, "fuse"):  # the new pod's serve repairs at start
+                    sees_the_repair(container)
 
 
 def test_unpublish_succeeds_when_the_view_is_dead(registry: str, plugin, tmp_path: Path, kubelet_root: Path) -> None:
