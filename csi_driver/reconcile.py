@@ -2,9 +2,9 @@
 
 DESIGN.md "Processes and restarts": a restarted ``serve`` repairs what is broken,
 drops records whose target is gone, and never unmounts a healthy volume. In fuse
-mode a watchdog notices a dead view within seconds, starts a new one and re-binds
-every recorded target onto it; pods whose mounts use ``HostToContainer``
-propagation then see the repair.
+mode a watchdog notices a dead view within seconds, starts a new one and binds it
+onto every recorded target, on top of the dead mount; pods whose mounts use
+``HostToContainer`` propagation then see the repair.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ log = logging.getLogger("oci-volume-csi")
 
 
 def _rebind(pub: Publication, view: BindView | FuseView) -> None:
-    """Replace whatever is at the target (a dead mount, or nothing) with a fresh bind."""
-    while mounts.is_mount_point(pub.target):
-        mounts.unmount(pub.target)
+    """Bind the view onto a broken target: on top of its dead mount, or onto the bare directory.
+
+    Never unmount the dead mount first: a container's copy of the volume is a slave of the
+    target mount itself, so only a mount made on top of that mount propagates to it; once it
+    is unmounted, the container holds the dead view for good. Unpublish unmounts the whole
+    stack. Called only for a target that is not ``ok``, so a healthy one gains no mount.
+    """
     mounts.make_target(pub.target)
     mounts.bind_readonly(view.path_for(pub.digest), pub.target)
 

@@ -28,7 +28,7 @@ from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver import mounts, views
 from csi_driver._pb import csi_pb2
 from csi_driver.store import Store
-from driver import Driver, run_driver, walk
+from driver import Driver, cleanup_mounts_under, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
 
@@ -67,29 +67,47 @@ def readable(path: Path) -> bool:
         return False
 
 
+def mounts_at(target: Path) -> int:
+    return sum(1 for m in mounts.mount_table() if m.mount_point == str(target))
+
+
 def stats(driver: Driver, request) -> csi_pb2.NodeGetVolumeStatsResponse:
     return driver.node.NodeGetVolumeStats(
         csi_pb2.NodeGetVolumeStatsRequest(volume_id=request.volume_id, volume_path=request.target_path)
     )
 
 
+@contextlib.contextmanager
+def killed_after_publishing(
+    mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> Iterator[tuple[Driver, csi_pb2.NodePublishVolumeRequest]]:
+    """A driver that published the plugin for pod-1 and was then SIGKILLed; the driver and the request."""
+    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    with run_driver(tmp_path, registry, mode) as driver:
+        driver.publish(request)
+        driver.process.send_signal(signal.SIGKILL)
+        driver.process.wait()
+        yield driver, request
+
+
 @pytest.mark.parametrize("mode", ["bind", "fuse"])
 def test_volumes_stay_readable_while_serve_is_killed_and_restarted(
     mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
-    request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    with killed_after_publishing(mode, registry, plugin, tmp_path, kubelet_root) as (_, request):
+        assert walk(Path(request.target_path)) == expected_walk(PLUGIN_TREE)
+        restart_serve_and_unpublish(tmp_path, registry, mode, request)
+
+
+def restart_serve_and_unpublish(tmp_path: Path, registry: str, mode: str, request) -> None:
+    """A new ``serve``: the volume reads as published, through exactly one mount; unpublish removes it."""
     target = Path(request.target_path)
-    with run_driver(tmp_path, registry, mode) as first:
-        first.publish(request)
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait()
+    with run_driver(tmp_path, registry, mode) as second:
         assert walk(target) == expected_walk(PLUGIN_TREE)
-        with run_driver(tmp_path, registry, mode) as second:
-            assert walk(target) == expected_walk(PLUGIN_TREE)
-            assert sum(1 for m in mounts.mount_table() if m.mount_point == str(target)) == 1
-            second.unpublish(unpublish_request(request))
-            assert mounts.find_mount(str(target)) is None
-            assert not target.exists()
+        assert mounts_at(target) == 1
+        second.unpublish(unpublish_request(request))
+        assert mounts_at(target) == 0
+        assert not target.exists()
 
 
 @contextlib.contextmanager
@@ -235,7 +253,9 @@ def container_with_volume(target: Path, kubelet_root: Path, path: Path) -> Itera
         f"mount --make-rslave / && mount --rbind {target} {path} && mount -o remount,bind,ro {path}"
         f" && mount --make-rslave {path} && umount -l {kubelet_root} && echo ready && exec sleep 300"
     )
-    process = subprocess.Popen(["unshare", "-m", "--propagation", "unchanged", "sh", "-c", script], stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "unchanged", "sh", "-c", script], stdout=subprocess.PIPE
+    )
     try:
         assert process.stdout is not None and process.stdout.readline() == b"ready\n", "the container did not start"
         yield Container(process, path)
@@ -288,6 +308,50 @@ def test_unpublish_succeeds_when_the_view_is_dead(registry: str, plugin, tmp_pat
         d.unpublish(unpublish_request(request))
         assert mounts.find_mount(request.target_path) is None
         assert not Path(request.target_path).exists()
+
+
+def test_a_repair_stacks_one_mount_on_the_dead_one_and_a_second_look_stacks_none(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
+        target = Path(request.target_path)
+        kill_the_view_and_wait_for_its_repair(d, target)
+        assert mounts_at(target) == 2  # the dead bind stays beneath the new one
+        d.process.send_signal(signal.SIGKILL)
+        d.process.wait()
+        with run_driver(tmp_path, registry, "fuse"):  # reconciles a healthy target: leaves it alone
+            assert walk(target) == expected_walk(PLUGIN_TREE)
+            assert mounts_at(target) == 2
+
+
+def test_unpublish_removes_every_stacked_mount_the_dead_and_busy_ones_too(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
+        target = Path(request.target_path)
+        with open(target / PLUGIN_FILE, "rb"):  # keeps the bottom mount busy: it goes lazily
+            kill_the_view_and_wait_for_its_repair(d, target)
+            kill_the_view_and_wait_for_its_repair(d, target)
+            assert mounts_at(target) == 3
+            os.kill(fuse_pid(d), signal.SIGKILL)  # and the top one dead too, unless the watchdog is quick
+            time.sleep(0.05)
+            d.unpublish(unpublish_request(request))
+            assert mounts_at(target) == 0
+            assert not target.exists()
+
+
+@pytest.mark.parametrize("mode", ["bind", "fuse"])
+def test_after_a_reboot_serve_binds_every_recorded_target_again(
+    mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    """A reboot leaves the records and the empty target directories, and no mount at all."""
+    with killed_after_publishing(mode, registry, plugin, tmp_path, kubelet_root) as (first, request):
+        for pid in fuse_pids(first):
+            os.kill(pid, signal.SIGKILL)
+        cleanup_mounts_under(tmp_path)
+        target = Path(request.target_path)
+        assert mounts_at(target) == 0 and target.is_dir()
+        restart_serve_and_unpublish(tmp_path, registry, mode, request)
 
 
 def test_volume_stats_report_bytes_inodes_and_a_dead_view(
