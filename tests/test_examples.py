@@ -69,6 +69,30 @@ def test_example_mounts_are_read_only_and_name_declared_volumes(path: Path) -> N
                         assert mount.get("readOnly") is True, f"{mount['name']} must be mounted readOnly"
 
 
+def test_whole_volume_mounts_use_host_to_container_propagation() -> None:
+    """README: the examples mount whole volumes with HostToContainer, so a container sees the
+    driver repair a replaced FUSE view; a subPath mount cannot see it, and does not ask for it."""
+    for path in EXAMPLE_FILES:
+        for doc in documents(path):
+            for _, pod in pod_specs(doc):
+                csi = {v["name"] for v in pod["volumes"] if "csi" in v}
+                for container in pod["containers"]:
+                    for mount in container.get("volumeMounts", []):
+                        if mount["name"] in csi and "subPath" not in mount:
+                            assert mount.get("mountPropagation") == "HostToContainer", f"{path.name}: {mount['name']}"
+
+
+def test_examples_name_placeholder_registries_except_the_real_golang_image() -> None:
+    """README: the examples use registry.example names, except toolchain.yaml's golang image."""
+    for path in EXAMPLE_FILES:
+        for volume in csi_volumes(path):
+            reference = volume["csi"]["volumeAttributes"]["reference"]
+            if path.name == "toolchain.yaml":
+                assert reference.startswith("docker.io/library/golang:"), reference
+            else:
+                assert reference.startswith("registry.example/"), f"{path.name}: {reference}"
+
+
 def test_klaus_plugin_dirs_are_the_plugin_mounts() -> None:
     (deployment,) = documents(EXAMPLES / "klaus.yaml")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
