@@ -5,7 +5,7 @@ into a temporary store with the node's flags, so its answer is the node's answer
 platform choice, the same placement of each layer, the same refusals with the same
 messages. Then it reads back what that pull stored: the manifest(s) and the tree.
 
-Which DESIGN rule placed a layer is read from the layer's media type and annotations, as
+Which rule of docs/layout-rules.md placed a layer is read from the layer's media type and annotations, as
 ``layout.py`` decides it; only rule 3 against rule 4 (a titled ``tar+gzip``: a directory if
 every entry lies under its title, else a file) depends on the archive, and is decided by
 placing that layer alone.
@@ -77,7 +77,7 @@ def _fetched(root: Path) -> int:
 
 
 def _placement(store: Store, layer: layout.Layer, limits: layout.Limits) -> tuple[int | None, str]:
-    """The DESIGN rule that places ``layer`` and what it does; None when rule 3 or 4 cannot be
+    """The rule of docs/layout-rules.md that places ``layer`` and what it does; None when rule 3 or 4 cannot be
     told apart because the pull stopped before fetching the layer."""
     title = layer.annotations.get(layout.TITLE)
     if title is not None and layer.annotations.get(layout.UNPACK) == "true":
