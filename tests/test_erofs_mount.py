@@ -1,0 +1,312 @@
+"""EROFS images mounted by the kernel: the whole tree compared with the tars it came from.
+
+Real tars (Python's tarfile) in a state dir laid out as the store keeps them, entries from
+``layout.build_tree`` as the driver builds them, the image from ``erofs.write``, mounted
+file-backed with the layer tars as its extra devices by ``erofsmount.mount``. No ``fsck.erofs``
+that reads 512-byte blocks is packaged for Debian bookworm (erofs-utils 1.5 refuses them): the
+kernel's mount and a comparison of every byte, mode, owner, mtime, link count and name is the
+validator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from test_layout import OCI_TAR, directory, file, hardlink, link, put_blob, put_tar, tar_bytes
+
+from csi_driver import erofs, erofsmount, mounts
+from csi_driver.layout import Layer, Limits, build_tree
+from csi_driver.tree import ROOT, Entry, Kind
+
+
+def devices(state: Path, entries: Sequence[Entry]) -> list[erofs.Device]:
+    return [erofs.Device(source, (state / source).stat().st_size) for source in erofs.sources(entries)]
+
+
+@contextlib.contextmanager
+def mounted(state: Path, entries: Sequence[Entry], direct_io: bool = False) -> Iterator[Path]:
+    """The image of ``entries`` mounted, its devices being the store files they read from."""
+    table = devices(state, entries)
+    image = state / "image.erofs"
+    erofs.write(image, entries, table, erofs.reader(state))
+    target = state / "mnt"
+    target.mkdir(exist_ok=True)
+    erofsmount.mount(image, [state / device.source for device in table], target, direct_io=direct_io)
+    try:
+        yield target
+    finally:
+        mounts.unmount(os.fspath(target))
+
+
+_TYPES = {Kind.DIR: stat.S_IFDIR, Kind.FILE: stat.S_IFREG, Kind.SYMLINK: stat.S_IFLNK}
+
+
+def assert_same_tree(state: Path, entries: Sequence[Entry], root: Path) -> None:
+    """Every entry as the mount shows it, and nothing else in the mount."""
+    links: dict[tuple[str, int], int] = {}
+    children: dict[str, set[str]] = {entry.path: set() for entry in entries if entry.kind is Kind.DIR}
+    for entry in entries:
+        if entry.kind is Kind.FILE and entry.offset:
+            links[entry.source, entry.offset] = links.get((entry.source, entry.offset), 0) + 1
+        if entry.path:
+            parent, _, name = entry.path.rpartition("/")
+            children[parent].add(name)
+    for entry in entries:
+        path = root / entry.path
+        st = os.lstat(path)
+        where = entry.path or "/"
+        assert stat.S_IFMT(st.st_mode) == _TYPES[entry.kind], where
+        assert stat.S_IMODE(st.st_mode) == entry.mode, where
+        assert (st.st_uid, st.st_gid) == (entry.uid, entry.gid), where
+        assert st.st_mtime_ns == entry.mtime * 10**9, where
+        if entry.kind is Kind.DIR:
+            assert sorted(os.listdir(path)) == sorted(children[entry.path]), where
+            subdirs = sum(1 for name in children[entry.path] if (root / entry.path / name).is_dir() and not (root / entry.path / name).is_symlink())
+            assert st.st_nlink == 2 + subdirs, where
+        elif entry.kind is Kind.SYMLINK:
+            assert os.readlink(path) == entry.link, where
+            assert st.st_size == len(entry.link.encode()), where
+        else:
+            assert st.st_size == entry.size, where
+            assert st.st_nlink == (links[entry.source, entry.offset] if entry.offset else 1), where
+            with open(state / entry.source, "rb") as source:
+                source.seek(entry.offset)
+                expected = source.read(entry.size)
+            assert path.read_bytes() == expected, where
+
+
+def assert_matches_tar(tar: bytes, root: Path) -> None:
+    """The mount against the tar itself, read by tarfile (no layout code involved)."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        inodes: dict[str, int] = {}
+        for member in archive.getmembers():
+            path = root / member.name
+            st = os.lstat(path)
+            if member.islnk():  # a hardlink's header metadata is not its target's
+                assert st.st_ino == inodes[member.linkname], member.name
+                continue
+            assert stat.S_IMODE(st.st_mode) == member.mode & 0o1777, member.name
+            assert (st.st_uid, st.st_gid) == (member.uid, member.gid), member.name
+            assert st.st_mtime_ns == int(member.mtime) * 10**9, member.name
+            if member.isreg():
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                assert path.read_bytes() == extracted.read(), member.name
+                inodes[member.name] = st.st_ino
+            elif member.issym():
+                assert os.readlink(path) == member.linkname, member.name
+            else:
+                assert stat.S_ISDIR(st.st_mode), member.name
+
+
+def rich_members() -> list:
+    payload = bytes(range(256)) * 41 + b"tail"
+    nanos = file("nanos", b"n")
+    nanos[0].mtime = 1700000000.123456789  # a pax header with sub-second time
+    return [
+        directory("d", 0o755, uid=70000, gid=70000, mtime=1600000000),
+        file("d/payload", payload, 0o640, uid=0, gid=70000, mtime=1500000000),
+        file("d/-a", b"dash", 0o600),
+        file("d/!x", b"bang", 0o604),
+        file("d/a.b", b"dot", 0o644),
+        file("d/ünïcødé", "ünï".encode(), 0o644),
+        file("d/empty", b"", 0o444),
+        file("d/exactly-a-block", b"b" * 512),
+        directory("sticky", 0o1777),
+        link("abs", "/etc/passwd"),
+        link("d/rel", "../sticky"),
+        link("long", "x/" * 300 + "end"),
+        hardlink("d/hard", "d/payload"),
+        hardlink("hard-root", "d/payload"),
+        hardlink("empty-link", "d/empty"),
+        nanos,
+        file("z-last", b"z" * 700),
+    ]
+
+
+def test_mounted_tree_matches_the_tar_bytes_modes_owners_mtimes_links(tmp_path: Path) -> None:
+    members = rich_members()
+    layer = put_tar(tmp_path, members, OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries) as root:
+        assert_same_tree(tmp_path, entries, root)
+        assert_matches_tar(tar_bytes(members), root)
+        assert os.stat(root / "d" / "hard").st_nlink == 3
+        assert os.stat(root / "empty-link").st_ino == os.stat(root / "d" / "empty").st_ino
+
+
+def test_nanosecond_mtimes_show_as_the_whole_seconds_the_tree_records(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, rich_members(), OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries) as root:
+        assert os.lstat(root / "nanos").st_mtime_ns == 1700000000 * 10**9
+
+
+def test_layers_are_devices_and_later_layers_win(tmp_path: Path) -> None:
+    lower = put_tar(tmp_path, [file("a", b"lower a"), file("b", b"lower b"), directory("gone"), file("gone/x", b"x")], OCI_TAR)
+    upper = put_tar(tmp_path, [file("a", b"upper a, longer"), file(".wh.gone"), file("c", b"upper c")], OCI_TAR)
+    entries = build_tree(tmp_path, [lower, upper], Limits())
+    assert len(erofs.sources(entries)) == 2
+    with mounted(tmp_path, entries) as root:
+        assert_same_tree(tmp_path, entries, root)
+        assert (root / "a").read_bytes() == b"upper a, longer" and (root / "b").read_bytes() == b"lower b"
+        assert not (root / "gone").exists()
+
+
+def test_tar_ending_right_after_its_last_files_data_reads_whole(tmp_path: Path) -> None:
+    raw = tar_bytes([file("first", b"1" * 600), file("last", bytes(range(251)) * 40)])
+    with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
+        last = archive.getmember("last")
+    cut = raw[: last.offset_data + last.size]  # no padding, no end-of-archive blocks (umoci 0.4)
+    layer = put_blob(tmp_path, cut, OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries) as root:
+        assert_same_tree(tmp_path, entries, root)
+        assert (root / "last").read_bytes() == bytes(range(251)) * 40
+
+
+@pytest.mark.parametrize("size", [1, 511, 513, 10_001, 3 << 20])
+def test_oras_file_blob_of_any_size_reads_whole(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    layer = put_blob(tmp_path, data, "application/vnd.example.data", title="data.bin")
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries) as root:
+        assert (root / "data.bin").read_bytes() == data
+
+
+def test_big_directory_lists_and_looks_up_every_name(tmp_path: Path) -> None:
+    names = [f"{i:04d}{'-' * (i % 50)}" for i in range(3000)] + ["!first", "-dash", "a.b", ".dot"]
+    layer = put_tar(tmp_path, [directory("big"), *(file(f"big/{n}", n.encode()) for n in names)], OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries) as root:
+        assert sorted(os.listdir(root / "big")) == sorted(names)
+        for name in names:
+            assert (root / "big" / name).read_bytes() == name.encode(), name
+        assert not (root / "big" / "0000-missing").exists()
+
+
+def test_deep_tree(tmp_path: Path) -> None:
+    parts = [f"d{i}" for i in range(150)]
+    members = [directory("/".join(parts[: i + 1])) for i in range(len(parts))]
+    members.append(file("/".join(parts) + "/leaf", b"deep"))
+    layer = put_tar(tmp_path, members, OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries) as root:
+        assert_same_tree(tmp_path, entries, root)
+
+
+def test_file_over_4_gib_reads_at_every_offset(tmp_path: Path) -> None:
+    size = (5 << 30) + 12345
+    tar = tmp_path / "big.tar"
+    marks = {0: b"start", (4 << 30) - 3: b"across-4GiB", size - 5: b"end!!"}
+    with open(tar, "wb") as out:  # sparse: only the marks take disk
+        out.truncate(512 + size + 512)
+        for at, mark in marks.items():
+            out.seek(512 + at)
+            out.write(mark)
+    entries = [ROOT, Entry("big", Kind.FILE, 0o644, size=size, source="big.tar", offset=512)]
+    with mounted(tmp_path, entries) as root, open(root / "big", "rb") as big:
+        assert os.fstat(big.fileno()).st_size == size
+        for at, mark in marks.items():
+            assert os.pread(big.fileno(), len(mark), at) == mark
+        assert os.pread(big.fileno(), 100, size - 5) == b"end!!"
+
+
+def test_many_layers_with_long_paths(tmp_path: Path) -> None:
+    state = tmp_path / ("long-state-dir-" + "x" * 100) / ("y" * 100)  # device paths over 255 bytes
+    state.mkdir(parents=True)
+    layers = [put_tar(state, [file(f"layer{i:03d}", f"layer {i}".encode() * (i + 1))], OCI_TAR) for i in range(128)]
+    entries = build_tree(state, layers, Limits())
+    assert len(erofs.sources(entries)) == 128
+    assert len(os.fsencode(state / erofs.sources(entries)[0])) > 255
+    with mounted(state, entries) as root:
+        assert_same_tree(state, entries, root)
+
+
+def test_five_thousand_devices(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    entries = [ROOT]
+    for i in range(5000):
+        name = f"d/{i:04d}"
+        (tmp_path / name).write_bytes(bytes(512) + f"device {i}".encode().ljust(512, b"\0"))
+        entries.append(Entry(f"f{i:04d}", Kind.FILE, 0o644, size=len(f"device {i}"), source=name, offset=512))
+    with mounted(tmp_path, entries) as root:
+        for i in (0, 1, 2499, 4998, 4999):
+            assert (root / f"f{i:04d}").read_bytes() == f"device {i}".encode()
+        assert len(os.listdir(root)) == 5000
+
+
+def test_mount_is_read_only_nosuid_nodev(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("a", b"a")], OCI_TAR)
+    with mounted(tmp_path, build_tree(tmp_path, [layer], Limits())) as root:
+        info = mounts.find_mount(os.fspath(root))
+        assert info is not None and info.fs_type == "erofs"
+        assert {"ro", "nosuid", "nodev"} <= info.options
+        with pytest.raises(OSError):
+            (root / "new").write_bytes(b"")
+
+
+def test_direct_io_mount_reads_the_same_bytes(tmp_path: Path) -> None:
+    members = rich_members()
+    layer = put_tar(tmp_path, members, OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries, direct_io=True) as root:
+        assert_matches_tar(tar_bytes(members), root)
+        assert "directio" in super_options(root)
+
+
+def super_options(root: Path) -> set[str]:
+    """The file system's own options (after `` - erofs <source> `` in the mount table)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ")
+        if fields[0].split()[4] == os.fspath(root):
+            return set(fields[1].split()[2].split(","))
+    raise AssertionError(f"{root} is not mounted")
+
+
+def test_a_device_count_other_than_the_images_is_refused(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("a", b"a")], OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    table = devices(tmp_path, entries)
+    image = tmp_path / "image.erofs"
+    erofs.write(image, entries, table, erofs.reader(tmp_path))
+    target = tmp_path / "mnt"
+    target.mkdir()
+    device = tmp_path / table[0].source
+    for given in ([], [device, device]):
+        with pytest.raises(ValueError, match=f"names 1 devices, {len(given)} were given"):
+            erofsmount.mount(image, given, target)
+        assert not mounts.is_mount_point(os.fspath(target))
+
+
+def test_kernel_refusal_carries_its_message(tmp_path: Path) -> None:
+    image = tmp_path / "image.erofs"
+    erofs.write(image, [ROOT], [], erofs.reader(tmp_path))
+    raw = bytearray(image.read_bytes())
+    raw[1024 + 12] = 8  # blkszbits below 9
+    image.write_bytes(bytes(raw))
+    target = tmp_path / "mnt"
+    target.mkdir()
+    with pytest.raises(OSError, match="mounting"):
+        erofsmount.mount(image, [], target)
+    assert not mounts.is_mount_point(os.fspath(target))
+
+
+def test_probe_mounts_a_tiny_image_and_leaves_nothing(tmp_path: Path) -> None:
+    ok, why = erofsmount.probe(tmp_path)
+    assert ok, why
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not any(info.fs_type == "erofs" and info.mount_point.startswith(os.fspath(tmp_path)) for info in mounts.mount_table())
+
+
+def test_probe_says_why_it_failed(tmp_path: Path) -> None:
+    (tmp_path / "tmp").write_bytes(b"not a directory")
+    ok, why = erofsmount.probe(tmp_path)
+    assert not ok and "do not work here" in why
