@@ -160,7 +160,7 @@ class _Inode:
         self.entry = entry
         self.size = size
         self.nlink = nlink
-        self.children: list[tuple[bytes, _Inode]] = []
+        self.children: dict[bytes, _Inode] | None = None  # a directory's, by name
         self.data = b""  # a symlink's target (a directory's blocks are made once nids are known)
         self.layout = 0
         self.chunk_bits = 0
@@ -265,7 +265,7 @@ def build(entries: Sequence[Entry], devices: Sequence[Device], read: Reader) -> 
                 pack_inode(image, at, node.layout, 0, S_IFREG | entry.mode, 0, 0, NULL_ADDR,
                            ino, entry.uid, entry.gid, entry.mtime, 0, node.nlink)  # fmt: skip
             continue
-        data = _directory_bytes(packed[id(node)]) if kind is Kind.DIR else node.data
+        data = _directory_bytes(node, packed[id(node)]) if kind is Kind.DIR else node.data
         mode = (S_IFDIR if kind is Kind.DIR else S_IFLNK) | entry.mode
         startblk = node.startblk if node.startblk != NULL_ADDR else 0
         pack_inode(image, at, node.layout, 0, mode, 0, node.size, startblk,
@@ -325,82 +325,90 @@ def _round_up(value: int, unit: int) -> int:
 
 def _inodes(entries: Sequence[Entry]) -> tuple[_Inode, list[_Inode], list[_Inode]]:
     """The inodes in placement order (breadth first from the root, each directory's children by
-    name), and the directories among them, each with its sorted children."""
-    links: dict[tuple[str, int], int] = {}
+    name), and the directories among them.
+
+    Few objects per entry (one ``_Inode``; no tuples, no lists): past ~50,000 entries the
+    collector's passes over every live object, which each new container object brings nearer,
+    cost more than the work itself (bench numbers in the report of issue 20).
+    """
+    links: dict[str, dict[int, int]] = {}  # source -> offset -> entries sharing it
     for entry in entries:
         if entry.kind is Kind.FILE and entry.offset:
-            key = (entry.source, entry.offset)
-            links[key] = links.get(key, 0) + 1
+            counts = links.get(entry.source)
+            if counts is None:
+                counts = links[entry.source] = {}
+            counts[entry.offset] = counts.get(entry.offset, 0) + 1
     by_path: dict[str, _Inode] = {}
-    shared: dict[tuple[str, int], _Inode] = {}
-    named: list[tuple[str, str, _Inode]] = []
+    shared: dict[str, dict[int, _Inode]] = {source: {} for source, counts in links.items() if len(counts) < sum(counts.values())}
     for entry in entries:
         kind = entry.kind
         if kind is Kind.FILE:
-            key = (entry.source, entry.offset)
-            node = shared.get(key) if entry.offset else None
+            same = shared.get(entry.source) if entry.offset else None
+            node = same.get(entry.offset) if same is not None else None
             if node is None:
-                node = _Inode(entry, entry.size, links.get(key, 1) if entry.offset else 1)
-                if entry.offset:
-                    shared[key] = node
-            by_path[entry.path] = node
+                node = _Inode(entry, entry.size, links[entry.source][entry.offset] if entry.offset else 1)
+                if same is not None and node.nlink > 1:
+                    same[entry.offset] = node
         elif kind is Kind.DIR:
-            node = by_path[entry.path] = _Inode(entry, 0, 2)
+            node = _Inode(entry, 0, 2)
+            node.children = {}
         elif kind is Kind.SYMLINK:
-            node = by_path[entry.path] = _Inode(entry, 0, 1)
+            node = _Inode(entry, 0, 1)
             node.data = entry.link.encode()
             node.size = len(node.data)
         else:
             raise ValueError(f"{entry.path!r} has the unknown kind {kind!r}")
-        parent, _, name = entry.path.rpartition("/")
-        if entry.path:
-            named.append((parent, name, node))
+        by_path[entry.path] = node
     if len(by_path) != len(entries):
         raise ValueError("two entries have the same path")
     root = by_path.get("")
-    if root is None or root.entry.kind is not Kind.DIR:
+    if root is None or root.children is None:
         raise ValueError("the tree has no root directory")
-    for parent, name, node in named:
+    for entry in entries:
+        if not entry.path:
+            continue
+        parent, _, name = entry.path.rpartition("/")
         directory = by_path.get(parent)
-        if directory is None or directory.entry.kind is not Kind.DIR:
-            raise ValueError(f"the parent of {node.entry.path!r} is not a directory of the tree")
-        directory.children.append((name.encode(), node))
-        if node.entry.kind is Kind.DIR:
+        if directory is None or directory.children is None:
+            raise ValueError(f"the parent of {entry.path!r} is not a directory of the tree")
+        node = by_path[entry.path]
+        directory.children[name.encode()] = node
+        if node.children is not None:
             directory.nlink += 1
             node.parent = directory
     inodes = [root]
     dirs = []
-    seen = {id(root)}
+    seen: set[int] = set()  # hardlinked inodes already placed
     for node in inodes:  # grows while it is walked: breadth first
-        if node.entry.kind is Kind.DIR:
-            node.children.sort(key=_name)
+        children = node.children
+        if children is not None:
             dirs.append(node)
-            for _, child in node.children:
-                if id(child) not in seen:
+            for name in sorted(children):
+                child = children[name]
+                if child.nlink == 1 or child.children is not None:
+                    inodes.append(child)
+                elif id(child) not in seen:
                     seen.add(id(child))
                     inodes.append(child)
     return root, inodes, dirs
 
 
-def _name(child: tuple[bytes, _Inode]) -> bytes:
-    return child[0]
-
-
-def _pack_directory(node: _Inode) -> list[list[tuple[bytes, _Inode]]]:
-    """A directory's entries packed into blocks, and its size set: ``.`` and ``..`` among the
+def _pack_directory(node: _Inode) -> list[list[bytes]]:
+    """A directory's names packed into blocks, and its size set: ``.`` and ``..`` among the
     names in byte order, each block as many dirents as fit followed by their names, none split
     across blocks. The size runs to the end of the last name, as ``mkfs.erofs`` records it."""
-    names = [(b".", node), (b"..", node.parent), *node.children]
-    names.sort(key=_name)
-    blocks: list[list[tuple[bytes, _Inode]]] = []
-    block: list[tuple[bytes, _Inode]] = []
+    assert node.children is not None
+    names = [b".", b"..", *node.children]
+    names.sort()
+    blocks: list[list[bytes]] = []
+    block: list[bytes] = []
     used = 0
-    for item in names:
-        need = DIRENT.size + len(item[0])
+    for name in names:
+        need = DIRENT.size + len(name)
         if used + need > BLOCK:
             blocks.append(block)
             block, used = [], 0
-        block.append(item)
+        block.append(name)
         used += need
     blocks.append(block)
     node.size = (len(blocks) - 1) * BLOCK + used
@@ -410,15 +418,18 @@ def _pack_directory(node: _Inode) -> list[list[tuple[bytes, _Inode]]]:
 _FILE_TYPES = {Kind.FILE: FT_REG_FILE, Kind.DIR: FT_DIR, Kind.SYMLINK: FT_SYMLINK}
 
 
-def _directory_bytes(blocks: list[list[tuple[bytes, _Inode]]]) -> bytes:
+def _directory_bytes(node: _Inode, blocks: list[list[bytes]]) -> bytes:
     """A packed directory's bytes, now that every inode has its nid."""
+    children = node.children
+    assert children is not None
     out = bytearray(len(blocks) * BLOCK)
     pack, types = DIRENT.pack_into, _FILE_TYPES
     for number, block in enumerate(blocks):
         at = number * BLOCK
         nameoff = DIRENT.size * len(block)
-        for index, (name, node) in enumerate(block):
-            pack(out, at + index * DIRENT.size, node.nid, nameoff, types[node.entry.kind], 0)
+        for index, name in enumerate(block):
+            child = node if name == b"." else node.parent if name == b".." else children[name]
+            pack(out, at + index * DIRENT.size, child.nid, nameoff, types[child.entry.kind], 0)
             out[at + nameoff : at + nameoff + len(name)] = name
             nameoff += len(name)
     return bytes(out)
