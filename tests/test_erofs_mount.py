@@ -243,11 +243,12 @@ def test_five_thousand_devices(tmp_path: Path) -> None:
         assert len(os.listdir(root)) == 5000
 
 
-def test_mount_is_read_only_nosuid_nodev(tmp_path: Path) -> None:
+def test_mount_is_read_only_nosuid_nodev_and_names_its_image(tmp_path: Path) -> None:
     layer = put_tar(tmp_path, [file("a", b"a")], OCI_TAR)
     with mounted(tmp_path, build_tree(tmp_path, [layer], Limits())) as root:
         info = mounts.find_mount(os.fspath(root))
         assert info is not None and info.fs_type == "erofs"
+        assert info.source == os.fspath(tmp_path / "image.erofs")
         assert {"ro", "nosuid", "nodev"} <= info.options
         with pytest.raises(OSError):
             (root / "new").write_bytes(b"")
