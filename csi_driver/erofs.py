@@ -329,7 +329,8 @@ def _inodes(entries: Sequence[Entry]) -> tuple[_Inode, list[_Inode], list[_Inode
 
     Few objects per entry (one ``_Inode``; no tuples, no lists): past ~50,000 entries the
     collector's passes over every live object, which each new container object brings nearer,
-    cost more than the work itself (bench numbers in the report of issue 20).
+    cost more than the work itself: 42 µs an entry of a 100,000-entry tree with four objects
+    each, 10 with one (``bench/bench_erofs.py``).
     """
     links: dict[str, dict[int, int]] = {}  # source -> offset -> entries sharing it
     for entry in entries:

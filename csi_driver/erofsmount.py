@@ -24,7 +24,6 @@ import errno
 import os
 import platform
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path

@@ -22,7 +22,7 @@ import pytest
 from test_layout import OCI_TAR, directory, file, hardlink, link, put_blob, put_tar, tar_bytes
 
 from csi_driver import erofs, erofsmount, mounts
-from csi_driver.layout import Layer, Limits, build_tree
+from csi_driver.layout import Limits, build_tree
 from csi_driver.tree import ROOT, Entry, Kind
 
 
