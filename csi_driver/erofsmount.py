@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import erofs, mounts
+from . import erofs, errors, mounts
 from .tree import ROOT, Entry, Kind
 
 # The new mount API has the same syscall numbers on every architecture (allocated after the
@@ -175,7 +175,7 @@ def probe(state_dir: Path) -> tuple[bool, str]:
                 got = (target / "probe").read_bytes()
             finally:
                 mounts.unmount(os.fspath(target))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, errors.DriverError) as exc:  # DriverError: the unmount failed
         return False, f"EROFS file-backed mounts do not work here: {exc}"
     if got != _PROBE_BYTES:
         return False, "an EROFS file-backed mount served wrong bytes"
