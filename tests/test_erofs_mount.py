@@ -48,6 +48,10 @@ def mounted(state: Path, entries: Sequence[Entry], direct_io: bool = False) -> I
 _TYPES = {Kind.DIR: stat.S_IFDIR, Kind.FILE: stat.S_IFREG, Kind.SYMLINK: stat.S_IFLNK}
 
 
+def _dirent_kind(item: os.DirEntry) -> str:
+    return Kind.SYMLINK if item.is_symlink() else Kind.DIR if item.is_dir(follow_symlinks=False) else Kind.FILE
+
+
 def assert_same_tree(state: Path, entries: Sequence[Entry], root: Path) -> None:
     """Every entry as the mount shows it, and nothing else in the mount."""
     links: dict[tuple[str, int], int] = {}
@@ -58,6 +62,7 @@ def assert_same_tree(state: Path, entries: Sequence[Entry], root: Path) -> None:
         if entry.path:
             parent, _, name = entry.path.rpartition("/")
             children[parent].add(name)
+    kinds = {entry.path: entry.kind for entry in entries}
     for entry in entries:
         path = root / entry.path
         st = os.lstat(path)
@@ -67,9 +72,10 @@ def assert_same_tree(state: Path, entries: Sequence[Entry], root: Path) -> None:
         assert (st.st_uid, st.st_gid) == (entry.uid, entry.gid), where
         assert st.st_mtime_ns == entry.mtime * 10**9, where
         if entry.kind is Kind.DIR:
-            assert sorted(os.listdir(path)) == sorted(children[entry.path]), where
-            subdirs = sum(1 for name in children[entry.path] if (root / entry.path / name).is_dir() and not (root / entry.path / name).is_symlink())
-            assert st.st_nlink == 2 + subdirs, where
+            listed = {item.name: _dirent_kind(item) for item in os.scandir(path)}  # d_type, not stat
+            prefix = f"{entry.path}/" if entry.path else ""
+            assert listed == {name: kinds[prefix + name] for name in children[entry.path]}, where
+            assert st.st_nlink == 2 + sum(1 for kind in listed.values() if kind is Kind.DIR), where
         elif entry.kind is Kind.SYMLINK:
             assert os.readlink(path) == entry.link, where
             assert st.st_size == len(entry.link.encode()), where
