@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_driver import errors
+from csi_driver.manifest import ImageManifest
 from csi_driver.store import blob_relpath, decoded_relpath
 from csi_driver.tree import ROOT, Entry, Kind
 
@@ -28,6 +29,8 @@ UNPACK = "io.deis.oras.content.unpack"
 OCI_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 KLAUS_PREFIX = "application/vnd.giantswarm.klaus-"
 KLAUS_SUFFIX = ".content.v1.tar+gzip"
+# Config media types that make a manifest an image (rule 0), whatever its artifactType says.
+IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"})
 
 # Media type endings of the tar family and the compression each implies. The stem
 # before the ending must end in a separator, so ``…/x-tar`` counts and ``…guitar``
@@ -59,6 +62,7 @@ class Layer:
     media_type: str
     annotations: Mapping[str, str]
     size: int
+    image: bool = False  # the manifest's config is an image config: rule 0 places the layer
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,17 @@ class _Archive:
     members: list[_Member]
 
 
+def layers_of(manifest: ImageManifest) -> list[Layer]:
+    """The manifest's layers, each knowing whether the manifest is an image (rule 0).
+
+    Only the config's media type says so: ToolHive's packager pushes images with an
+    ``artifactType`` of its own and a title on the layer, and a container runtime still
+    unpacks them as images, so the title cannot decide.
+    """
+    image = manifest.config.media_type in IMAGE_CONFIGS
+    return [Layer(d.digest, d.media_type, d.annotations, d.size, image) for d in manifest.layers]
+
+
 def compression(media_type: str) -> str | None:
     """``"gzip"``, ``"zstd"`` or ``""`` (plain tar) for a tar-family media type, else None.
 
@@ -146,7 +161,7 @@ def tar_path(layer: Layer) -> str | None:
 
 
 def may_unpack(layer: Layer) -> bool:
-    """Whether a placement rule may read the layer as a tar (rules 1 to 3).
+    """Whether a placement rule may read the layer as a tar (rules 0 to 3).
 
     The store decodes only these: an ORAS file push that merely looks like a
     compressed tar (rule 4) is shown as its blob, so decoding it would waste disk
@@ -156,7 +171,8 @@ def may_unpack(layer: Layer) -> bool:
         return False
     title = layer.annotations.get(TITLE)
     return (
-        title is None
+        layer.image
+        or title is None
         or layer.annotations.get(UNPACK) == "true"
         or _is_klaus(layer.media_type)
         or layer.media_type == OCI_TAR_GZIP
@@ -213,14 +229,23 @@ class TreeBuilder:
 
 
 def _place(tree: _Tree, layer: Layer, archive: _Archive | None) -> None:
-    """Apply the first of DESIGN's five placement rules that matches ``layer``.
+    """Apply the first of DESIGN's placement rules (0 to 5) that matches ``layer``.
 
     ``archive`` is the layer's headers when ``may_unpack`` says a rule may read it as a tar.
     """
     title = layer.annotations.get(TITLE)
     unpack = layer.annotations.get(UNPACK) == "true"
     source = tar_path(layer)
-    if title is not None and unpack:  # rule 1: ORAS directory push
+    if layer.image:  # rule 0: a file system layer, as rule 2 places it; titles and ORAS annotations ignored
+        if source is None:
+            raise errors.InvalidArgument(
+                f"layer {layer.digest} has media type {layer.media_type!r}, which is not a tar archive, but "
+                "the manifest's config is an image config, so every layer must be a file system layer; "
+                "the volume cannot show it"
+            )
+        assert archive is not None  # may_unpack holds for every tar-family layer of an image
+        _unpack(tree, layer, archive, whiteouts=True)
+    elif title is not None and unpack:  # rule 1: ORAS directory push
         if source is None:
             raise errors.InvalidArgument(
                 f"layer {layer.digest} is annotated {UNPACK}=true but its media type "

@@ -196,7 +196,7 @@ def _ensure_tree(
                 f"{_where(ref, digest)} declares layers of {declared} bytes, more than the limit of "
                 f"{cfg.limits.max_unpacked_bytes} set by --max-unpacked-bytes; raise the flag if the artifact is legitimate"
             )
-        layers = [layout.Layer(d.digest, d.media_type, d.annotations, d.size) for d in image.layers]
+        layers = layout.layers_of(image)
         start = time.monotonic()
         builder = layout.TreeBuilder(store.root, layers, cfg.limits)
         _ensure_layers(store, client, ref, layers, cfg.limits, builder.fetched)

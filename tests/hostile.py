@@ -41,6 +41,7 @@ from test_publish import expected_walk
 MARKER = "PWNED"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+ORAS_CONFIG = "application/vnd.oci.empty.v1+json"
 TAR = "application/vnd.oci.image.layer.v1.tar"
 TGZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 TZST = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -139,11 +140,16 @@ def titled(data: bytes, title: str, media_type: str = "text/plain", **annotation
     return Blob(data, media_type, {TITLE: title, **annotations})
 
 
-def manifest_of(blobs: list[Blob], config: bytes = b"{}") -> bytes:
+def manifest_of(blobs: list[Blob], config: bytes = b"{}", config_type: str | None = None) -> bytes:
+    """An OCI manifest of ``blobs``. Without ``config_type``, one with a titled layer is an ORAS
+    artifact (``oras push``'s empty config), any other an image (an image config): the config
+    decides whether titles count at all (rule 0)."""
+    if config_type is None:
+        config_type = ORAS_CONFIG if any(TITLE in b.annotations for b in blobs) else OCI_CONFIG
     return json.dumps({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "config": {"mediaType": config_type, "digest": sha256(config), "size": len(config)},
         "layers": [
             {"mediaType": b.media_type, "digest": b.digest, "size": len(b.data),
              **({"annotations": b.annotations} if b.annotations else {})}
@@ -167,14 +173,16 @@ def push_blob(registry: str, repository: str, data: bytes) -> None:
     done.raise_for_status()
 
 
-def push_manifest(registry: str, repo_tag: str, blobs: list[Blob], config: bytes = b"{}") -> str:
+def push_manifest(
+    registry: str, repo_tag: str, blobs: list[Blob], config: bytes = b"{}", config_type: str | None = None
+) -> str:
     """Push ``blobs`` (as they are) and a manifest naming them in order; return the reference."""
     repository, _, tag = repo_tag.rpartition(":")
     for data in {config, *(b.data for b in blobs)}:
         push_blob(registry, repository, data)
     response = requests.put(
         f"http://{registry}/v2/{repository}/manifests/{tag}",
-        data=manifest_of(blobs, config),
+        data=manifest_of(blobs, config, config_type),
         headers={"Content-Type": OCI_MANIFEST},
         timeout=30,
     )
@@ -289,13 +297,15 @@ def assert_still_serves(driver: Driver, good_reference: str, kubelet_root: Path)
 class Case:
     """One corpus entry: the layers (built once the canary path is known), the expected code
     (None: published), what the message must name (``{l0}``, ``{l1}``… are the layer digests,
-    ``{canary}`` the canary dir), and for published cases a check of the mounted tree."""
+    ``{canary}`` the canary dir), for published cases a check of the mounted tree, and the
+    config media type when ``manifest_of``'s choice is not the one the case needs."""
 
     name: str
     build: Callable[[str], list[Blob]]
     code: grpc.StatusCode | None
     says: tuple[str, ...] = ()
     check: Callable[[Path, str], None] | None = None
+    config_type: str | None = None
 
     def words(self, blobs: list[Blob], canary: str) -> list[str]:
         digests = {f"l{i}": b.digest for i, b in enumerate(blobs)}

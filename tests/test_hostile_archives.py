@@ -26,6 +26,7 @@ from driver import Driver, run_driver, walk
 from hostile import (
     KLAUS,
     MARKER,
+    OCI_CONFIG,
     TAR,
     TGZ,
     TITLE,
@@ -290,6 +291,11 @@ CASES = [
          INVALID, ("{l0}", f"{MARKER}-oras")),
     Case("titled_tar_gzip_with_escaping_entries_is_shown_as_a_file_not_unpacked",
          lambda c: [titled(gz(tar(f(up(c, MARKER), b"x"))), "bundle.tgz", TGZ)], None, check=check_oras_file),
+    Case("titled_tar_gzip_of_an_image_with_escaping_entries_is_unpacked_so_refused",
+         lambda c: [titled(gz(tar(f(up(c, f"{MARKER}-image"), b"x"))), "plugin.tar.gz", TGZ)],
+         INVALID, ("{l0}", f"{MARKER}-image", "'..'"), config_type=OCI_CONFIG),
+    Case("titled_non_tar_layer_of_an_image_is_refused_not_shown_as_a_file",
+         lambda c: [titled(b"pwn", f"{MARKER}-notes.txt")], INVALID, ("{l0}", "'text/plain'"), config_type=OCI_CONFIG),
     # -- resource bombs --------------------------------------------------------------------------------------
     Case("gzip_bomb_past_max_unpacked_bytes", lambda c: [bomb("gzip")], EXHAUSTED, ("{l0}", "--max-unpacked-bytes")),
     Case("zstd_bomb_past_max_unpacked_bytes", lambda c: [bomb("zstd")], EXHAUSTED, ("{l0}", "--max-unpacked-bytes")),
@@ -352,7 +358,8 @@ _pushed: dict[str, tuple[str, list[Blob]]] = {}
 def pushed(registry: str, case: Case, canary: Canary) -> tuple[str, list[Blob]]:
     if case.name not in _pushed:
         blobs = case.build(str(canary.dir))
-        reference = push_manifest(registry, f"hostile/{case.name.replace('_', '-')}:v1", blobs)
+        reference = push_manifest(registry, f"hostile/{case.name.replace('_', '-')}:v1", blobs,
+                                  config_type=case.config_type)
         _pushed[case.name] = (reference, blobs)
     return _pushed[case.name]
 

@@ -24,13 +24,17 @@ from csi_driver.layout import (
     TreeBuilder,
     build_tree,
     compression,
+    layers_of,
     may_unpack,
     tar_path,
 )
+from csi_driver.manifest import Descriptor, ImageManifest
 from csi_driver.store import blob_relpath
 from csi_driver.tree import Entry, Kind
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_IMAGE_CONFIG = "application/vnd.docker.container.image.v1+json"
 KLAUS = "application/vnd.giantswarm.klaus-plugin.content.v1.tar+gzip"
 Member = tuple[tarfile.TarInfo, bytes]
 
@@ -73,11 +77,12 @@ def tar_bytes(members: list[Member], fmt: int = tarfile.PAX_FORMAT) -> bytes:
     return buf.getvalue()
 
 
-def put_blob(state: Path, data: bytes, media_type: str, title: str | None = None,
+def put_blob(state: Path, data: bytes, media_type: str, title: str | None = None, image: bool = False,
              **annotations: str) -> Layer:
-    """Store ``data`` as a verified blob (and its decoded tar, for a compressed layer)."""
+    """Store ``data`` as a verified blob (and its decoded tar, for a compressed layer); ``image``:
+    the layer belongs to a manifest whose config is an image config (rule 0)."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    layer = Layer(digest=digest, media_type=media_type, size=len(data),
+    layer = Layer(digest=digest, media_type=media_type, size=len(data), image=image,
                   annotations={**annotations, **({TITLE: title} if title is not None else {})})
     (state / blob_relpath(digest)).parent.mkdir(parents=True, exist_ok=True)
     (state / blob_relpath(digest)).write_bytes(data)
@@ -85,11 +90,11 @@ def put_blob(state: Path, data: bytes, media_type: str, title: str | None = None
 
 
 def put_tar(state: Path, members: list[Member], media_type: str = KLAUS,
-            title: str | None = None, fmt: int = tarfile.PAX_FORMAT, **annotations: str) -> Layer:
+            title: str | None = None, fmt: int = tarfile.PAX_FORMAT, image: bool = False, **annotations: str) -> Layer:
     raw = tar_bytes(members, fmt)
     codec = compression(media_type)
     blob = {"": raw, "gzip": gzip.compress(raw), "zstd": zstandard.compress(raw)}.get(codec, raw)
-    layer = put_blob(state, blob, media_type, title, **annotations)
+    layer = put_blob(state, blob, media_type, title, image, **annotations)
     decoded = state / tar_path(layer)
     decoded.parent.mkdir(parents=True, exist_ok=True)
     decoded.write_bytes(raw)
@@ -153,6 +158,84 @@ def test_may_unpack_tells_the_store_which_layers_to_decode(
     media_type: str, annotations: dict[str, str], unpacks: bool
 ) -> None:
     assert may_unpack(Layer("sha256:" + "0" * 64, media_type, annotations, 1)) is unpacks
+
+
+@pytest.mark.parametrize(("media_type", "annotations", "unpacks"), [
+    (OCI_TAR, {TITLE: "notes.txt"}, True),  # in an image a title changes nothing
+    ("application/vnd.example.bundle.tar+gzip", {TITLE: "bundle.tgz"}, True),
+    ("text/plain", {TITLE: "notes.txt"}, False),  # refused, never decoded
+])
+def test_may_unpack_decodes_every_tar_layer_of_an_image(
+    media_type: str, annotations: dict[str, str], unpacks: bool
+) -> None:
+    assert may_unpack(Layer("sha256:" + "0" * 64, media_type, annotations, 1, image=True)) is unpacks
+
+
+# -- rule 0: a manifest whose config is an image config is an image -----------------------------
+
+
+def _manifest(config_type: str, *layers: Descriptor) -> ImageManifest:
+    return ImageManifest(Descriptor(config_type, "sha256:" + "c" * 64, 2), list(layers))
+
+
+@pytest.mark.parametrize(("config_type", "image"), [
+    (OCI_IMAGE_CONFIG, True),
+    (DOCKER_IMAGE_CONFIG, True),
+    ("application/vnd.oci.empty.v1+json", False),  # oras push
+    ("application/vnd.unknown.config.v1+json", False),  # oras push, older clients
+    ("application/vnd.giantswarm.klaus-plugin.config.v1+json", False),
+    ("", False),
+])
+def test_layers_of_a_manifest_know_whether_its_config_makes_it_an_image(config_type: str, image: bool) -> None:
+    titled = Descriptor(OCI_TAR_GZIP, "sha256:" + "1" * 64, 10, {TITLE: "plugin.tar.gz"})
+    plain = Descriptor(OCI_TAR, "sha256:" + "2" * 64, 20)
+    assert layers_of(_manifest(config_type, titled, plain)) == [
+        Layer(titled.digest, OCI_TAR_GZIP, {TITLE: "plugin.tar.gz"}, 10, image),
+        Layer(plain.digest, OCI_TAR, {}, 20, image),
+    ]
+
+
+def _toolhive_plugin_members() -> list[Member]:
+    """What toolhive-core writes: regular files only, sorted, at the root, no directory entries."""
+    return [file(".claude-plugin/plugin.json", b'{"name": "scanner"}', mtime=0),
+            file("commands/deploy.md", b"# Deploy\n", mtime=0),
+            file("scripts/scan.sh", b"#!/bin/sh\n", mode=0o755, mtime=0)]
+
+
+def test_rule_0_unpacks_an_images_titled_layer_at_the_root(tmp_path: Path) -> None:
+    """ToolHive plugins and skills: an image config, one ``tar+gzip`` layer titled ``plugin.tar.gz``."""
+    layer = put_tar(tmp_path, _toolhive_plugin_members(), OCI_TAR_GZIP, title="plugin.tar.gz", image=True)
+    got = tree(tmp_path, layer)
+    assert list(got) == ["", ".claude-plugin", ".claude-plugin/plugin.json", "commands", "commands/deploy.md",
+                         "scripts", "scripts/scan.sh"]  # fmt: skip
+    assert got[".claude-plugin"] == Entry(".claude-plugin", Kind.DIR, 0o755)  # never listed: 0755, 0:0, mtime 0
+    assert (got["scripts/scan.sh"].mode, content(tmp_path, got["scripts/scan.sh"])) == (0o755, b"#!/bin/sh\n")
+
+
+def test_without_an_image_config_the_same_titled_layer_stays_a_file(tmp_path: Path) -> None:
+    """An ORAS artifact keeps rules 1 to 5: titled, entries not under the title, so rule 4."""
+    layer = put_tar(tmp_path, _toolhive_plugin_members(), OCI_TAR_GZIP, title="plugin.tar.gz")
+    got = tree(tmp_path, layer)
+    assert list(got) == ["", "plugin.tar.gz"]
+    assert got["plugin.tar.gz"].source == blob_relpath(layer.digest)
+
+
+def test_rule_0_ignores_the_oras_unpack_annotation_and_applies_whiteouts(tmp_path: Path) -> None:
+    """Titled and annotated unpack, entries not under the title: rule 1 would refuse it; in an
+    image it is a file system layer like any other, its whiteouts acting on the layers below."""
+    first = put_tar(tmp_path, [file("old", b"1"), file("keep", b"2")], OCI_TAR_GZIP, image=True)
+    second = put_tar(tmp_path, [file(".wh.old"), file("new", b"3")], OCI_TAR_GZIP,
+                     title="skill", image=True, **{UNPACK: "true"})
+    assert list(tree(tmp_path, first, second)) == ["", "keep", "new"]
+
+
+@pytest.mark.parametrize("title", [None, "notes.txt"])
+def test_rule_0_refuses_a_non_tar_layer_of_an_image_naming_digest_and_media_type(
+    tmp_path: Path, title: str | None
+) -> None:
+    layer = put_blob(tmp_path, b"remember the milk\n", "text/plain", title=title, image=True)
+    message = refused(tmp_path, layer)
+    assert layer.digest in message and "'text/plain'" in message and "image" in message
 
 
 @pytest.mark.parametrize("prefix", ["", "./"])

@@ -5,10 +5,10 @@ into a temporary store with the node's flags, so its answer is the node's answer
 platform choice, the same placement of each layer, the same refusals with the same
 messages. Then it reads back what that pull stored: the manifest(s) and the tree.
 
-Which rule of docs/layout-rules.md placed a layer is read from the layer's media type and annotations, as
-``layout.py`` decides it; only rule 3 against rule 4 (a titled ``tar+gzip``: a directory if
-every entry lies under its title, else a file) depends on the archive, and is decided by
-placing that layer alone.
+Which rule of docs/layout-rules.md placed a layer is read from the manifest's config media type
+(an image's layers are all rule 0) and the layer's media type and annotations, as ``layout.py``
+decides it; only rule 3 against rule 4 (a titled ``tar+gzip``: a directory if every entry lies
+under its title, else a file) depends on the archive, and is decided by placing that layer alone.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ def _placement(store: Store, layer: layout.Layer, limits: layout.Limits) -> tupl
     """The rule of docs/layout-rules.md that places ``layer`` and what it does; None when rule 3 or 4 cannot be
     told apart because the pull stopped before fetching the layer."""
     title = layer.annotations.get(layout.TITLE)
+    if layer.image:
+        if layout.tar_path(layer) is None:
+            return 5, "refused: not a tar archive, and every layer of an image is a file system layer"
+        return 0, "image layer: unpacked at the volume root, whiteouts applied" + (", title ignored" if title else "")
     if title is not None and layer.annotations.get(layout.UNPACK) == "true":
         return 1, f"ORAS directory: extracted as {title}/"
     if title is None:
@@ -133,7 +137,7 @@ def _report(
     if loaded is not None and isinstance(loaded[1], manifest.ImageManifest):
         image = loaded[1]
         report["config_media_type"] = image.config.media_type
-        report["layers"] = [_layer(store, d, cfg.limits) for d in image.layers]
+        report["layers"] = [_layer(store, layer, cfg.limits) for layer in layout.layers_of(image)]
     if digest is not None:
         report["volume"] = _volume(store.load_tree(digest))
     if error is not None:
@@ -141,11 +145,12 @@ def _report(
     return report
 
 
-def _layer(store: Store, d: manifest.Descriptor, limits: layout.Limits) -> dict[str, Any]:
-    rule, effect = _placement(store, layout.Layer(d.digest, d.media_type, d.annotations, d.size), limits)
-    title = d.annotations.get(layout.TITLE, "")
+def _layer(store: Store, layer: layout.Layer, limits: layout.Limits) -> dict[str, Any]:
+    rule, effect = _placement(store, layer, limits)
+    title = layer.annotations.get(layout.TITLE, "")
     return {
-        "digest": d.digest, "size": d.size, "media_type": d.media_type, "title": title, "rule": rule, "placement": effect,
+        "digest": layer.digest, "size": layer.size, "media_type": layer.media_type, "title": title, "rule": rule,
+        "placement": effect,
     }
 
 
