@@ -151,9 +151,9 @@ def _diff_id(data: bytes, media_type: str) -> str:
 def push_image(registry: str, repo_tag: str, layers: list[tuple[bytes, str]], workdir: Path) -> Pushed:
     """Push an image: UNTITLED layers ``(bytes, media type)`` in order, plus an OCI image config.
 
-    ``OrasClient.push`` always titles its layers, and a title turns a tar+gzip layer into a
-    file (DESIGN rule 4); so the blobs go up one by one with the real oras client's
-    ``upload_blob`` and the manifest is built here and sent with ``upload_manifest``.
+    ``OrasClient.push`` titles every layer, which images do not; so the blobs go up one by one
+    with the real oras client's ``upload_blob`` and the manifest is built here and sent with
+    ``upload_manifest``.
     """
     import hashlib
 

@@ -9,7 +9,7 @@ the tools they use (issue 4, "Fixtures made by the real tools").
 - ``skopeo copy`` pushes those images (``--format v2s2`` for Docker schema 2, ``--all`` for an
   OCI index and a Docker manifest list, ``--dest-compress-format zstd`` for zstd layers).
 
-Only shapes no tool here produces are built by hand (a ToolHive index, Klaus media types
+Only shapes no tool here produces are built by hand (ToolHive plugins and skills, Klaus media types
 with and without a title, mixed layer media types, an unknown media type) and uploaded with
 plain registry API calls. A missing tool raises with the reason and the fix: nothing skips.
 
@@ -27,8 +27,10 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,9 +201,10 @@ def upload_blob(registry: str, repo: str, data: bytes, media_type: str, **extra:
     return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
 
 
-def put_manifest(registry: str, repo: str, tag: str, doc: dict, media_type: str) -> str:
-    """PUT a manifest or index under ``tag``; returns its digest as the registry computed it."""
-    body = json.dumps(doc).encode()
+def put_manifest(registry: str, repo: str, tag: str, doc: dict | bytes, media_type: str) -> str:
+    """PUT a manifest or index (a dict, or its very bytes) under ``tag`` (or its digest); returns
+    its digest as the registry computed it."""
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     response = requests.put(
         f"http://{registry}/v2/{repo}/manifests/{tag}", data=body,
         headers={"Content-Type": media_type}, timeout=30,
@@ -441,72 +444,161 @@ def build_klaus_hand(registry: str, workdir: Path, titled: bool) -> Fixture:
     return Fixture(name, f"{registry}/{repo}:v1", reference_walk(src), how, digest)
 
 
-TOOLHIVE_FILES = {
-    ".claude-plugin/plugin.json": 0o644,
-    ".mcp.json": 0o644,
-    "commands/deploy.md": 0o644,
-    "hooks/hooks.json": 0o644,
-    "scripts/scan.sh": 0o755,
+# toolhive-core (``oci/plugins``, ``oci/skills``, ``oci/artifact``) packages a directory without
+# any tool here able to: Go's archive/tar and compress/gzip, Go's JSON. So its artifacts are
+# built by hand to the byte where Python can (the tar, the gzip header, every JSON document) and
+# uploaded as its Registry.Push does (oras-go CopyGraph: blobs, manifests by digest, the index
+# tagged last).
+
+TOOLHIVE_SKILL = "dev.toolhive.skills.v1"
+TOOLHIVE_ARCHES = ("amd64", "arm64")  # artifact.DefaultPlatforms: linux/amd64, linux/arm64
+EPOCH = "1970-01-01T00:00:00Z"  # the packager's time when SOURCE_DATE_EPOCH is unset, as Go marshals it
+# path -> (bytes, mode) as the packager collected them from the directory
+Files = dict[str, tuple[bytes, int]]
+
+
+def go_json(doc: object) -> bytes:
+    """``doc`` as Go's ``encoding/json`` marshals it: compact, ``<``, ``>``, ``&`` escaped. Go sorts
+    a map's keys and keeps a struct's fields in declaration order: callers build dicts so."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def go_tar(files: Files) -> bytes:
+    """``artifact.CreateTar``: one ``TypeReg`` header a file, sorted by path, no directory
+    entries. It asks Go's ``archive/tar`` for PAX, but short ASCII names and mtime 0 need no PAX
+    record, so Go writes plain ustar blocks (owner 0:0 without names, devmajor and devminor
+    ``0000000``), each file's data padded to 512 bytes, then two zero blocks and no record
+    padding. Python's ``tarfile`` leaves the device fields empty and pads to 10 KiB."""
+    out = bytearray()
+    for path in sorted(files):
+        data, mode = files[path]
+        assert path.isascii() and len(path) <= 100, path  # else Go would write a PAX record or a prefix
+        out += _go_ustar_header(path, len(data), mode) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+    return bytes(out + b"\0" * (2 * tarfile.BLOCKSIZE))
+
+
+def _go_ustar_header(name: str, size: int, mode: int) -> bytes:
+    def octal(value: int, width: int) -> bytes:  # Go's formatOctal: zero-padded, NUL-terminated
+        return b"%0*o\0" % (width - 1, value)
+
+    block = b"".join([
+        name.encode().ljust(100, b"\0"), octal(mode, 8), octal(0, 8), octal(0, 8), octal(size, 12), octal(0, 12),
+        b" " * 8, tarfile.REGTYPE, b"\0" * 100, b"ustar\x0000", b"\0" * 64, octal(0, 8), octal(0, 8),
+    ]).ljust(tarfile.BLOCKSIZE, b"\0")  # fmt: skip
+    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+
+
+def go_gzip(raw: bytes) -> bytes:
+    """``artifact.Compress``: Go's ``compress/gzip`` at BestCompression, ModTime the epoch (so 0),
+    no name or comment, OS 255, i.e. the header ``1f8b 08 00 00000000 02 ff``. The deflate stream
+    is zlib's, not Go's ``compress/flate`` (no Python library writes that), so the blob, and the
+    digests above it, differ from the packager's; it inflates to the same tar."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflate.compress(raw) + deflate.flush()
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body + struct.pack("<II", zlib.crc32(raw), len(raw) % 2**32)
+
+
+def files_walk(files: Files) -> Walk:
+    """What a volume of ``files`` shows: each file as stored, 0:0, and the directories the
+    archive never lists as 0755, 0:0."""
+    out: Walk = {}
+    for path, (data, mode) in files.items():
+        parts = path.split("/")
+        out.update({"/".join(parts[:i]): ("dir", 0o755, 0, 0, b"") for i in range(1, len(parts))})
+        out[path] = ("file", mode, 0, 0, data)
+    return out
+
+
+def push_toolhive(
+    registry: str, repo: str, tag: str, artifact_type: str, files: Files, layer_annotations: Mapping[str, str],
+    labels: Mapping[str, str], annotations: Mapping[str, str],
+) -> str:
+    """Upload what toolhive-core's ``Packager.Package`` and ``Registry.Push`` make of ``files``:
+    one ``tar+gzip`` layer shared by every platform; per platform an ``ocispec.Image`` config
+    (``labels``, the layer's diff_id, created and history at the epoch) and a manifest with
+    ``artifactType`` and ``annotations``, pushed by digest; then the index, with the same
+    ``artifactType`` and annotations, tagged. Returns the index digest."""
+    raw = go_tar(files)
+    layer = upload_blob(registry, repo, go_gzip(raw), OCI_TAR_GZIP,
+                        **({"annotations": dict(layer_annotations)} if layer_annotations else {}))  # fmt: skip
+    notes = dict(sorted(annotations.items()))
+    entries = []
+    for arch in TOOLHIVE_ARCHES:
+        config = go_json({
+            "created": EPOCH, "architecture": arch, "os": "linux", "config": {"Labels": dict(sorted(labels.items()))},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(raw)]},
+            "history": [{"created": EPOCH, "created_by": "toolhive package"}],
+        })  # fmt: skip
+        manifest = go_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+                            "config": upload_blob(registry, repo, config, OCI_CONFIG), "layers": [layer],
+                            "annotations": notes})  # fmt: skip
+        digest = put_manifest(registry, repo, sha256(manifest), manifest, OCI_MANIFEST)
+        entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest),
+                        "platform": {"architecture": arch, "os": "linux"}})  # fmt: skip
+    index = go_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": artifact_type,
+                     "manifests": entries, "annotations": notes})  # fmt: skip
+    return put_manifest(registry, repo, tag, index, OCI_INDEX)
+
+
+TOOLHIVE_PLUGIN_META = {"name": "scanner", "description": "Scans a repository before it deploys", "version": "0.3.0",
+                        "license": "Apache-2.0"}  # fmt: skip
+TOOLHIVE_PLUGIN_FILES: Files = {
+    ".claude-plugin/plugin.json": (json.dumps(TOOLHIVE_PLUGIN_META, indent=2).encode() + b"\n", 0o644),
+    ".mcp.json": (b'{"mcpServers": {"scan": {"command": "scan-mcp"}}}\n', 0o644),
+    "commands/deploy.md": (b"# Deploy\nRun the scanner first.\n", 0o644),
+    "hooks/hooks.json": (b'{"PreToolUse": ["scripts/scan.sh"]}\n', 0o644),
+    "scripts/scan.sh": (b"#!/bin/sh\necho scanning\n", 0o755),  # oci/plugins keeps each file's permission bits
 }
 
 
-def _toolhive_layer(arch: str) -> tuple[bytes, bytes, Walk]:
-    """A ToolHive plugin layer as its packager writes one: PAX, regular files only (no
-    directory entries: the volume creates them, 0755), sorted, mtime 0, uid/gid 0."""
-    contents = {
-        ".claude-plugin/plugin.json": json.dumps({"name": "scanner", "version": "0.3.0"}).encode(),
-        ".mcp.json": b'{"mcpServers": {"scan": {"command": "scan-mcp"}}}',
-        "commands/deploy.md": b"# Deploy\n",
-        "hooks/hooks.json": b'{"PreToolUse": ["scripts/scan.sh"]}',
-        "scripts/scan.sh": f"#!/bin/sh\necho scanning on {arch}\n".encode(),
-    }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(contents):
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime = len(contents[path]), TOOLHIVE_FILES[path], 0
-            tar.addfile(info, io.BytesIO(contents[path]))
-    raw = buf.getvalue()
-    expected: Walk = {}
-    for path, data in contents.items():
-        parent = path.rpartition("/")[0]
-        if parent:
-            expected[parent] = ("dir", 0o755, 0, 0, b"")
-        expected[path] = ("file", TOOLHIVE_FILES[path], 0, 0, data)
-    return raw, gzip.compress(raw, mtime=0), expected
-
-
-def build_toolhive(registry: str, workdir: Path) -> Fixture:
-    """A ToolHive plugin: an OCI index (``artifactType: dev.toolhive.plugins.v1``) with one image
-    manifest per platform (linux/amd64, linux/arm64), each an OCI image config with the plugin
-    metadata in labels and one untitled ``…tar+gzip`` layer. No tool here writes this shape.
-
-    The two platforms carry different bytes, so the test sees which one was chosen: the
-    node's own (``node_platform()``; x86_64 → linux/amd64).
-
-    Unlike this fixture, ToolHive's own packager (toolhive-core ``oci/plugins``) titles
-    the layer ``plugin.tar.gz``; DESIGN.md's rules 3 and 4 would then show that layer as
-    one file, not as the plugin directory. That shape waits on a DESIGN decision and is
-    not tested here. ToolHive skills (``oci/skills``) use an untitled layer, like this one."""
-    workdir.mkdir(parents=True)
+def build_toolhive(registry: str) -> Fixture:
+    """A ToolHive plugin as toolhive-core's ``oci/plugins`` packager pushes it: an OCI index
+    (``artifactType: dev.toolhive.plugins.v1``, linux/amd64 and linux/arm64), each manifest an
+    OCI image config carrying the plugin's metadata in labels and the same single ``tar+gzip``
+    layer titled ``plugin.tar.gz``, whose entries are the plugin's files at the root. An image
+    config makes it an image (rule 0): it mounts as the plugin directory, not as that file."""
     repo = "kinds/toolhive/scanner"
-    manifests, expected_by_platform = [], {}
-    for arch in ("amd64", "arm64"):
-        raw, compressed, expected = _toolhive_layer(arch)
-        labels = {"dev.toolhive.plugins.name": "scanner", "dev.toolhive.plugins.version": "0.3.0",
-                  "dev.toolhive.plugins.files": json.dumps(sorted(TOOLHIVE_FILES))}  # fmt: skip
-        layer = upload_blob(registry, repo, compressed, OCI_TAR_GZIP)
-        digest, doc = put_image(registry, repo, f"v0.3.0-{arch}", [layer], image_config(arch, [sha256(raw)], labels),
-                                artifactType=TOOLHIVE_PLUGIN,
-                                annotations={"dev.toolhive.plugins.name": "scanner"})  # fmt: skip
-        size = len(json.dumps(doc).encode())
-        manifests.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
-                          "platform": {"architecture": arch, "os": "linux"}})  # fmt: skip
-        expected_by_platform[f"linux/{arch}"] = expected
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "artifactType": TOOLHIVE_PLUGIN, "manifests": manifests}
-    digest = put_manifest(registry, repo, "v0.3.0", index, OCI_INDEX)
-    return Fixture("toolhive_plugin", f"{registry}/{repo}:v0.3.0", for_node(expected_by_platform),
-                   "hand-built OCI index (no tool writes ToolHive's shape), uploaded with the registry API",
+    meta = {f"dev.toolhive.plugins.{key}": value for key, value in TOOLHIVE_PLUGIN_META.items()}
+    listed = {**meta, "dev.toolhive.plugins.files": go_json(sorted(TOOLHIVE_PLUGIN_FILES)).decode(),
+              "dev.toolhive.plugins.components": "null", "dev.toolhive.plugins.requires": "null"}  # fmt: skip
+    annotations = {**listed, "org.opencontainers.image.created": EPOCH,
+                   "org.opencontainers.image.version": TOOLHIVE_PLUGIN_META["version"],
+                   "org.opencontainers.image.licenses": TOOLHIVE_PLUGIN_META["license"],
+                   "org.opencontainers.image.title": TOOLHIVE_PLUGIN_META["name"],
+                   "org.opencontainers.image.description": TOOLHIVE_PLUGIN_META["description"]}  # fmt: skip
+    digest = push_toolhive(registry, repo, "v0.3.0", TOOLHIVE_PLUGIN, TOOLHIVE_PLUGIN_FILES,
+                           {TITLE: "plugin.tar.gz"}, listed, annotations)  # fmt: skip
+    expected = for_node({f"linux/{arch}": files_walk(TOOLHIVE_PLUGIN_FILES) for arch in TOOLHIVE_ARCHES})
+    return Fixture("toolhive_plugin", f"{registry}/{repo}:v0.3.0", expected,
+                   "toolhive-core oci/plugins packager's shape (Go's tar and JSON), uploaded as its push does",
+                   digest)  # fmt: skip
+
+
+TOOLHIVE_SKILL_FILES: Files = {
+    "SKILL.md": (b"---\nname: cluster-ops\ndescription: Operate Kubernetes clusters\nversion: 1.0.0\n"
+                 b"allowed-tools: Read Grep\n---\n# Cluster ops\nRun scripts/check.sh first.\n", 0o644),
+    "references/runbook.md": (b"# Runbook\nDrain, then cordon.\n", 0o644),
+    "scripts/check.sh": (b"#!/bin/sh\nkubectl get nodes\n", 0o644),  # oci/skills keeps no mode: every file 0644
+}  # fmt: skip
+
+
+def build_toolhive_skill(registry: str) -> Fixture:
+    """A ToolHive skill as toolhive-core's ``oci/skills`` packager pushes it: the plugin's shape
+    (``artifactType: dev.toolhive.skills.v1``, OCI image configs, one ``tar+gzip`` layer shared
+    by both platforms, files only, at the root) except that its layer carries no title and every
+    file is 0644. It mounts as the skill directory: ``SKILL.md`` at the root."""
+    repo = "kinds/toolhive/cluster-ops"
+    skill = {"name": "cluster-ops", "description": "Operate Kubernetes clusters", "version": "1.0.0"}
+    meta = {f"dev.toolhive.skills.{key}": value for key, value in skill.items()}
+    labels = {**meta, "dev.toolhive.skills.allowedTools": go_json(["Read", "Grep"]).decode(),
+              "dev.toolhive.skills.license": "",
+              "dev.toolhive.skills.files": go_json(sorted(TOOLHIVE_SKILL_FILES)).decode()}  # fmt: skip
+    annotations = {**meta, "org.opencontainers.image.created": EPOCH}
+    digest = push_toolhive(registry, repo, "v1.0.0", TOOLHIVE_SKILL, TOOLHIVE_SKILL_FILES, {}, labels, annotations)
+    expected = for_node({f"linux/{arch}": files_walk(TOOLHIVE_SKILL_FILES) for arch in TOOLHIVE_ARCHES})
+    return Fixture("toolhive_skill", f"{registry}/{repo}:v1.0.0", expected,
+                   "toolhive-core oci/skills packager's shape (Go's tar and JSON), uploaded as its push does",
                    digest)  # fmt: skip
 
 

@@ -83,12 +83,32 @@ def pushed_manifest(fixture: ft.Fixture) -> dict:
     return ft.fetch_manifest(registry, repo_tag.rpartition(":")[0], fixture.digest, accept)
 
 
-def layer_shapes(fixture: ft.Fixture) -> list[tuple[str, str | None, str | None]]:
-    """(media type, title, unpack annotation) of each layer of ``fixture``'s manifest."""
+def layer_shapes(fixture: ft.Fixture, manifest: dict | None = None) -> list[tuple[str, str | None, str | None]]:
+    """(media type, title, unpack annotation) of each layer of ``fixture``'s manifest (or of ``manifest``)."""
     return [
         (layer["mediaType"], layer.get("annotations", {}).get(ft.TITLE), layer.get("annotations", {}).get(ft.UNPACK))
-        for layer in pushed_manifest(fixture)["layers"]
+        for layer in (manifest or pushed_manifest(fixture))["layers"]
     ]
+
+
+def platform_manifests(fixture: ft.Fixture) -> list[dict]:
+    """The manifests ``fixture``'s index names, in its order."""
+    registry, _, repo_tag = fixture.reference.partition("/")
+    repo = repo_tag.rpartition(":")[0]
+    return [ft.fetch_manifest(registry, repo, entry["digest"], ft.OCI_MANIFEST)
+            for entry in pushed_manifest(fixture)["manifests"]]  # fmt: skip
+
+
+def assert_toolhive_shape(fixture: ft.Fixture, artifact_type: str, title: str | None) -> None:
+    """toolhive-core's packager: an index of linux/amd64 and linux/arm64 image manifests, its
+    ``artifactType`` on the index and on each manifest, one ``tar+gzip`` layer shared by both."""
+    index, manifests = pushed_manifest(fixture), platform_manifests(fixture)
+    assert index["artifactType"] == artifact_type
+    platforms = [{"architecture": "amd64", "os": "linux"}, {"architecture": "arm64", "os": "linux"}]
+    assert [m["platform"] for m in index["manifests"]] == platforms
+    assert [(m["artifactType"], m["config"]["mediaType"]) for m in manifests] == [(artifact_type, ft.OCI_CONFIG)] * 2
+    assert manifests[0]["config"] != manifests[1]["config"] and manifests[0]["layers"] == manifests[1]["layers"]
+    assert layer_shapes(fixture, manifests[0]) == [(ft.OCI_TAR_GZIP, title, None)]
 
 
 def check_kind(drivers: dict[str, Driver], mode: str, fixture: ft.Fixture, kubelet_root: Path) -> ft.Walk:
@@ -146,8 +166,13 @@ def klaus_media_type_untitled(registry: str, work: Path) -> ft.Fixture:
 
 
 @pytest.fixture(scope="session")
-def toolhive_plugin(registry: str, work: Path) -> ft.Fixture:
-    return ft.build_toolhive(registry, work / "toolhive")
+def toolhive_plugin(registry: str) -> ft.Fixture:
+    return ft.build_toolhive(registry)
+
+
+@pytest.fixture(scope="session")
+def toolhive_skill(registry: str) -> ft.Fixture:
+    return ft.build_toolhive_skill(registry)
 
 
 @pytest.fixture(scope="session")
@@ -214,7 +239,8 @@ def docker_manifest_list(registry: str, platforms: tuple[ft.Layout, dict[str, ft
 MOUNTABLE = [
     "oras_file_push", "oras_directory_push", "oras_directory_unpack", "oras_files_and_directories", "skill",
     "klaus_plugin_oras_cli", "klaus_media_type_titled", "klaus_media_type_untitled", "toolhive_plugin",
-    "oci_image", "docker_schema2_image", "zstd_image", "layer_compressions", "oci_index", "docker_manifest_list",
+    "toolhive_skill", "oci_image", "docker_schema2_image", "zstd_image", "layer_compressions", "oci_index",
+    "docker_manifest_list",
 ]  # fmt: skip
 
 
@@ -287,15 +313,22 @@ def test_klaus_media_type_untitled(
     check_kind(drivers, mode, klaus_media_type_untitled, kubelet_root)
 
 
-def test_toolhive_plugin_index_mounts_the_node_platform(
+def test_toolhive_plugin_mounts_as_the_plugin_directory_not_as_plugin_tar_gz(
     drivers, mode: str, toolhive_plugin: ft.Fixture, kubelet_root: Path
 ) -> None:
-    index = pushed_manifest(toolhive_plugin)
-    assert index["artifactType"] == ft.TOOLHIVE_PLUGIN
-    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    """Its layer is titled ``plugin.tar.gz``, but an image config makes it an image: unpacked."""
+    assert_toolhive_shape(toolhive_plugin, ft.TOOLHIVE_PLUGIN, "plugin.tar.gz")
     seen = check_kind(drivers, mode, toolhive_plugin, kubelet_root)
-    arch = ft.node_platform().split("/")[1]
-    assert seen["scripts/scan.sh"][4] == f"#!/bin/sh\necho scanning on {arch}\n".encode()
+    assert "plugin.tar.gz" not in seen and seen[".claude-plugin/plugin.json"][0] == "file"
+    assert seen["scripts/scan.sh"][1] == 0o755 and seen["scripts"] == ("dir", 0o755, 0, 0, b"")
+
+
+def test_toolhive_skill_mounts_as_the_skill_directory(
+    drivers, mode: str, toolhive_skill: ft.Fixture, kubelet_root: Path
+) -> None:
+    assert_toolhive_shape(toolhive_skill, ft.TOOLHIVE_SKILL, None)
+    seen = check_kind(drivers, mode, toolhive_skill, kubelet_root)
+    assert seen["SKILL.md"][4].startswith(b"---\nname: cluster-ops")
 
 
 def test_oci_image_built_with_umoci(drivers, mode: str, oci_image: ft.Fixture, kubelet_root: Path) -> None:

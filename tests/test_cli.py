@@ -189,14 +189,15 @@ def test_describe_names_each_layers_rule_and_shows_what_the_mount_holds(
     assert re.search(r"^-rw-r----- +1000:1000 +11 B +agents/reviewer.md$", text, re.MULTILINE)
 
 
-def test_describe_an_index_picks_the_node_platform_or_lists_the_others(registry: str, tmp_path: Path) -> None:
-    toolhive = ft.build_toolhive(registry, tmp_path / "toolhive")
+def test_describe_an_index_picks_the_node_platform_or_lists_the_others(registry: str) -> None:
+    toolhive = ft.build_toolhive(registry)
     status, report = describe(registry, toolhive.reference)
     assert status == 0
     assert (report["kind"], report["artifact_type"]) == ("OCI image index", ft.TOOLHIVE_PLUGIN)
     assert report["platforms"] == ["linux/amd64", "linux/arm64"]
     assert report["platform"] == ft.node_platform() and report["manifest"] != report["digest"]
-    assert [layer["rule"] for layer in report["layers"]] == [0]  # an image config: rule 0
+    assert [(layer["title"], layer["rule"]) for layer in report["layers"]] == [("plugin.tar.gz", 0)]  # an image
+    assert report["layers"][0]["placement"].endswith("title ignored")
     assert sorted(e["path"] for e in report["volume"]["entries"] if e["kind"] == "file") == sorted(
         path for path, value in toolhive.expected.items() if value[0] == "file"
     )
