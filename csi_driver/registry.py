@@ -68,6 +68,7 @@ from requests.adapters import HTTPAdapter
 
 from csi_driver import errors, hosts, metrics
 from csi_driver.hosts import Endpoint
+from csi_driver.manifest import OCI_INDEX
 from csi_driver.reference import Reference, valid_digest
 
 MANIFEST_ACCEPT = ", ".join(oras.defaults.default_manifest_accepted_media_types)
@@ -285,6 +286,23 @@ class RegistryClient:
                 "the registry or a proxy on the way altered it; retry, and report it if it persists"
             )
         return Manifest(digest=digest, media_type=media_type, data=data)
+
+    def fetch_referrers(self, ref: Reference, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers index of ``digest`` (``GET /v2/<repo>/referrers/<digest>``), or
+        None where the registry has no referrers API.
+
+        A 404 is such a registry's normal answer (distribution 2.8, Debian's ``docker-registry``,
+        gives it), not an error: the caller falls back to the referrers tag schema. The index is
+        size-capped like a manifest; the registry builds it, so it has no digest to verify, and
+        the caller filters it by artifact type (a registry may ignore the ``artifactType`` query).
+        """
+        subject = f"referrers of {digest} in {ref.registry}/{ref.repository}"
+        _check_digest_argument(digest, subject)
+        try:
+            with self._request(ref, "GET", f"referrers/{digest}", OCI_INDEX, subject, "pull") as response:
+                return self._read_manifest(response, subject)
+        except errors.NotFound:
+            return None
 
     @contextlib.contextmanager
     def open_blob(self, ref: Reference, digest: str) -> Iterator[Iterator[bytes]]:
