@@ -6,6 +6,7 @@
 - ``attach_bundle``: a sigstore bundle as cosign 3 attaches it (``specs/BUNDLE_SPEC.md``): a
   referrer manifest (``artifactType`` the bundle type, ``subject`` the image), and, since the
   registry has no referrers API, the ``sha256-<hex>`` referrers tag index listing it;
+- policies naming such signers (``make_policy``: one rule over ``<registry>/verify/**``);
 - the bundles themselves (``dsse_bundle``, ``message_bundle``) as sigstore's protobuf-specs
   serialise them to JSON: keyed (``publicKey`` hint) or keyless (``certificate``), with a log
   entry from ``sigstore_fakes.Log`` when a log is given.
@@ -19,8 +20,10 @@ import base64
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import requests
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -28,10 +31,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from fixtures_tools import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, put_manifest, upload_blob
 from sigstore_fakes import Log, dsse_body, hashedrekord_body, pem_of
 
+from csi_driver.verify import policy as policy_module
+
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO = "application/vnd.in-toto+json"
 SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+ISSUER = "https://token.actions.githubusercontent.com"
+SUBJECT = "https://github.com/acme/plugins/.github/workflows/release.yml@refs/heads/main"
 
 
 def _b64(data: bytes) -> str:
@@ -205,3 +212,32 @@ def message_bundle(key, digest: str, *, certificate: x509.Certificate | None = N
         "verificationMaterial": material,
         "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": _b64(raw)}, "signature": _b64(signature)},
     }
+
+
+# -- policies naming such signers ------------------------------------------------------------
+
+
+def key_attestor(key, trusted_root: Path | None = None) -> dict:
+    cosign = {"key": pem_of(key.public_key()).decode()}
+    if trusted_root is not None:
+        cosign["trustedRoot"] = str(trusted_root)
+    return {"cosign": cosign}
+
+
+def keyless_attestor(trusted_root: Path, subject: str = SUBJECT, issuer: str = ISSUER, regexp: bool = False) -> dict:
+    identity = {"issuer": issuer, ("subjectRegExp" if regexp else "subject"): subject}
+    return {"cosign": {"keyless": identity, "trustedRoot": str(trusted_root)}}
+
+
+def make_policy(tmp_path: Path, registry: str, *attestors: dict, mode="enforce", require="any", default="allow"):
+    doc = {
+        "apiVersion": policy_module.API_VERSION,
+        "kind": policy_module.KIND,
+        "default": default,
+        "rules": [
+            {"name": "plugins", "match": [f"{registry}/verify/**"], "mode": mode, "require": require, "attestors": list(attestors)}
+        ],
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return policy_module.load(path)

@@ -13,20 +13,16 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from artifacts import PLUGIN_TREE, push_klaus
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fixtures_tools import OCI_INDEX, OCI_MANIFEST, put_manifest
-from signing import attach_bundle, dsse_bundle, message_bundle, sign_legacy
-from sigstore_fakes import FakeSigstore, pem_of
+from signing import ISSUER, SUBJECT, attach_bundle, dsse_bundle, key_attestor, keyless_attestor, make_policy, message_bundle, sign_legacy
+from sigstore_fakes import FakeSigstore
 
 from csi_driver.reference import parse_reference
 from csi_driver.registry import RegistryClient, RegistryConfig
-from csi_driver.verify import policy as policy_module
 from csi_driver.verify.verdict import Verdict, verify
 
-ISSUER = "https://token.actions.githubusercontent.com"
-SUBJECT = "https://github.com/acme/plugins/.github/workflows/release.yml@refs/heads/main"
 _names = itertools.count()
 
 
@@ -56,32 +52,6 @@ def artifact(registry: str, tmp_path: Path) -> tuple[str, str]:
     repo = f"verify/plugin-{next(_names)}"
     pushed = push_klaus(registry, f"{repo}:v1", PLUGIN_TREE, tmp_path / "push")
     return repo, pushed.digest
-
-
-def key_attestor(key, trusted_root: Path | None = None) -> dict:
-    cosign = {"key": pem_of(key.public_key()).decode()}
-    if trusted_root is not None:
-        cosign["trustedRoot"] = str(trusted_root)
-    return {"cosign": cosign}
-
-
-def keyless_attestor(trusted_root: Path, subject: str = SUBJECT, issuer: str = ISSUER, regexp: bool = False) -> dict:
-    identity = {"issuer": issuer, ("subjectRegExp" if regexp else "subject"): subject}
-    return {"cosign": {"keyless": identity, "trustedRoot": str(trusted_root)}}
-
-
-def make_policy(tmp_path: Path, registry: str, *attestors: dict, mode="enforce", require="any", default="allow"):
-    doc = {
-        "apiVersion": policy_module.API_VERSION,
-        "kind": policy_module.KIND,
-        "default": default,
-        "rules": [
-            {"name": "plugins", "match": [f"{registry}/verify/**"], "mode": mode, "require": require, "attestors": list(attestors)}
-        ],
-    }
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return policy_module.load(path)
 
 
 def check(registry: str, policy, repo: str, *subjects: str) -> Verdict:
