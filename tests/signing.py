@@ -26,7 +26,7 @@ import requests
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from fixtures_tools import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, put_manifest, upload_blob
 from sigstore_fakes import Log, dsse_body, hashedrekord_body, pem_of
@@ -46,9 +46,11 @@ def _b64(data: bytes) -> str:
 
 
 def sign(key, data: bytes) -> bytes:
-    """What cosign signs with: ECDSA with SHA-256, or Ed25519."""
+    """What cosign signs with: SHA-256 with ECDSA (whatever the curve) or RSA PKCS#1 v1.5; Ed25519."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from artifacts import PLUGIN_TREE, push_klaus
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fixtures_tools import OCI_INDEX, OCI_MANIFEST, put_manifest
 from signing import ISSUER, SUBJECT, attach_bundle, dsse_bundle, key_attestor, keyless_attestor, make_policy, message_bundle, sign_legacy
 from sigstore_fakes import FakeSigstore
@@ -77,10 +77,17 @@ def test_a_legacy_signature_by_the_accepted_p256_key_is_allowed(registry, tmp_pa
     assert verdict.signer.startswith("sha256:") and verdict.attestor == f"cosign key {verdict.signer}"
 
 
-def test_a_legacy_signature_by_the_accepted_ed25519_key_is_allowed(registry, tmp_path, artifact, ed_key):
+@pytest.mark.parametrize(
+    "make_key",
+    [ed25519.Ed25519PrivateKey.generate, lambda: ec.generate_private_key(ec.SECP384R1()),
+     lambda: rsa.generate_private_key(65537, 2048)],  # fmt: skip
+    ids=["ed25519", "p384", "rsa"],
+)
+def test_a_legacy_signature_by_another_accepted_key_type_is_allowed(registry, tmp_path, artifact, make_key):
     repo, digest = artifact
-    sign_legacy(registry, repo, digest, ed_key)
-    assert check(registry, make_policy(tmp_path, registry, key_attestor(ed_key)), repo, digest).allowed
+    key = make_key()
+    sign_legacy(registry, repo, digest, key)
+    assert check(registry, make_policy(tmp_path, registry, key_attestor(key)), repo, digest).allowed
 
 
 def test_an_unsigned_artifact_is_refused_saying_no_signature_was_found(registry, tmp_path, artifact, p256):

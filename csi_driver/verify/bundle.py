@@ -63,22 +63,24 @@ class SigstoreBundle(Checked):
     def _check_keyless(self, attestor: KeylessAttestor, subjects: tuple[str, ...]) -> Outcome:
         if self.inner.verification_material.certificate is None:
             return Outcome.refuse(evidence.UNKNOWN_KEY, "signed with a key, not a certificate")
+        identity = evidence.IdentityPolicy(attestor)
         try:
             bundle = Bundle(self.inner)
             verifier = Verifier(trusted_root=attestor.trusted_root)
             if self.inner.dsse_envelope is not None:
-                payload_type, payload = verifier.verify_dsse(bundle, evidence.IdentityPolicy(attestor))
-                signer = evidence.describe_identity(bundle.signing_certificate)
-                return _statement_outcome(payload_type, payload, subjects, signer)
-            digest = self._message_digest(subjects)
-            verifier.verify_artifact(Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest[7:])), bundle, evidence.IdentityPolicy(attestor))
+                payload_type, payload = verifier.verify_dsse(bundle, identity)
+            else:
+                digest = self._message_digest(subjects)
+                hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(digest[7:]))
+                verifier.verify_artifact(hashed, bundle, identity)
         except evidence.IdentityMismatch as exc:
             return Outcome.refuse(evidence.IDENTITY_MISMATCH, str(exc))
         except SigstoreError as exc:
             return Outcome.refuse(_reason(str(exc)), str(exc).splitlines()[0])
-        if digest not in subjects:
-            return Outcome.refuse(evidence.OTHER_DIGEST, f"it signs {digest}")
-        return Outcome.accept(evidence.describe_identity(bundle.signing_certificate))
+        signer = evidence.describe_identity(bundle.signing_certificate)
+        if self.inner.dsse_envelope is not None:
+            return _statement_outcome(payload_type, payload, subjects, signer)
+        return _digest_outcome(digest, subjects, signer)
 
     def _check_key(self, attestor: KeyAttestor, subjects: tuple[str, ...]) -> Outcome:
         material = self.inner.verification_material
@@ -98,7 +100,7 @@ class SigstoreBundle(Checked):
             if not evidence.key_verifies_digest(attestor.key, message.signature, bytes.fromhex(digest[7:])):
                 why = "an Ed25519 key signs no digests" if isinstance(attestor.key, Ed25519PublicKey) else ""
                 return Outcome.refuse(evidence.UNKNOWN_KEY, why)
-            outcome = Outcome.accept(attestor.key_id) if digest in subjects else Outcome.refuse(evidence.OTHER_DIGEST, f"it signs {digest}")
+            outcome = _digest_outcome(digest, subjects, attestor.key_id)
             matches = _hashedrekord_entry_matches(message.signature, digest[7:], evidence.spki_der(attestor.key))
         if not outcome.accepted or attestor.trusted_root is None:
             return outcome
@@ -163,6 +165,13 @@ def _statement_outcome(payload_type: str, payload: bytes, subjects: tuple[str, .
         return Outcome.refuse(evidence.MALFORMED, f"an attestation of {predicate}, not a cosign signature")
     if not digests & set(subjects):
         return Outcome.refuse(evidence.OTHER_DIGEST, f"it signs {', '.join(sorted(digests)) or 'nothing'}")
+    return Outcome.accept(signer)
+
+
+def _digest_outcome(digest: str, subjects: tuple[str, ...], signer: str) -> Outcome:
+    """A message signature accepts if the digest it signs is ours."""
+    if digest not in subjects:
+        return Outcome.refuse(evidence.OTHER_DIGEST, f"it signs {digest}")
     return Outcome.accept(signer)
 
 
