@@ -144,7 +144,7 @@ def attach_bundle(registry: str, repo: str, digest: str, subject_media_type: str
         "artifactType": BUNDLE_TYPE,
         "config": config,
         "layers": [layer],
-        "subject": {"mediaType": subject_media_type, "digest": digest, "size": _size(registry, repo, digest)},
+        "subject": {"mediaType": subject_media_type, "digest": digest, "size": manifest_size(registry, repo, digest)},
         "annotations": annotations,
     }
     body = json.dumps(doc).encode()
@@ -159,7 +159,7 @@ def attach_bundle(registry: str, repo: str, digest: str, subject_media_type: str
     return referrer
 
 
-def _size(registry: str, repo: str, digest: str) -> int:
+def manifest_size(registry: str, repo: str, digest: str) -> int:
     response = requests.head(
         f"http://{registry}/v2/{repo}/manifests/{digest}", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}, timeout=30
     )

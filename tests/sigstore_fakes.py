@@ -29,7 +29,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 OIDC_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 SCT_LIST = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
-CT_POISON = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.3")
 TRUSTED_ROOT_TYPE = "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
 
 

@@ -9,14 +9,24 @@ client, as a publish would, and decides.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
 from artifacts import PLUGIN_TREE, push_klaus
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fixtures_tools import OCI_INDEX, OCI_MANIFEST, put_manifest
-from signing import ISSUER, SUBJECT, attach_bundle, dsse_bundle, key_attestor, keyless_attestor, make_policy, message_bundle, sign_legacy
+from signing import (
+    ISSUER,
+    SUBJECT,
+    attach_bundle,
+    dsse_bundle,
+    key_attestor,
+    keyless_attestor,
+    make_policy,
+    manifest_size,
+    message_bundle,
+    sign_legacy,
+)
 from sigstore_fakes import FakeSigstore
 
 from csi_driver.reference import parse_reference
@@ -315,17 +325,10 @@ def index(registry: str, tmp_path: Path) -> tuple[str, str, str]:
     arm64 = push_klaus(registry, f"{repo}:arm64", {**PLUGIN_TREE, "arm": (b"arm64\n", 0o644)}, tmp_path / "arm64")
     entries = []
     for pushed, arch in ((amd64, "amd64"), (arm64, "arm64")):
-        size = len(json.dumps(_manifest(registry, repo, pushed.digest)))
-        entries.append({"mediaType": OCI_MANIFEST, "digest": pushed.digest, "size": size,
+        entries.append({"mediaType": OCI_MANIFEST, "digest": pushed.digest, "size": manifest_size(registry, repo, pushed.digest),
                         "platform": {"os": "linux", "architecture": arch}})  # fmt: skip
     digest = put_manifest(registry, repo, "v1", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, OCI_INDEX)
     return repo, digest, amd64.digest
-
-
-def _manifest(registry: str, repo: str, digest: str) -> dict:
-    from fixtures_tools import fetch_manifest
-
-    return fetch_manifest(registry, repo, digest, OCI_MANIFEST)
 
 
 def test_a_signed_index_allows_its_unsigned_platform_manifest(registry, tmp_path, index, p256):
