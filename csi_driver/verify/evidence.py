@@ -162,7 +162,12 @@ def spki_der(key: PublicKey) -> bytes:
 
 def identity(cert: x509.Certificate) -> tuple[str | None, set[str]]:
     """The OIDC issuer and the identities (SANs: e-mail, URI, Fulcio's other name) Fulcio put
-    in ``cert``; the issuer from the DER extension, else the older raw one."""
+    in ``cert``; the issuer from the DER extension, else the older raw one. Extensions that do
+    not parse name nobody (cryptography parses them on first use, raising ValueError)."""
+    try:
+        cert.extensions  # noqa: B018 - parsed here, once, rather than where the caller least expects
+    except ValueError:
+        return None, set()
     issuer = None
     for oid in (OIDC_ISSUER_V2, OIDC_ISSUER_V1):
         try:
