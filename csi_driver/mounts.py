@@ -3,7 +3,7 @@
 The kernel is the only truth about what is mounted: its mount table
 (``/proc/self/mountinfo``) or, for "is this path a mount point?", ``statx``'s mount
 root flag; nothing here guesses from directories, device numbers or records. The syscalls go
-through libc directly (ctypes) rather than ``mount(8)``: a warm publish is two
+through libc directly (ctypes) rather than ``mount(8)``: a warm publish's bind is four
 syscalls, not two subprocesses.
 """
 
@@ -12,12 +12,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
+import logging
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import errors
+
+log = logging.getLogger("oci-volume-csi")
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -26,9 +30,29 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 
+# The new mount API (linux/mount.h). Syscalls added since Linux 5.1 have one number on every
+# architecture but alpha (asm-generic/unistd.h, x86's syscall_64.tbl), x86_64 and aarch64 included.
+SYS_OPEN_TREE = 428  # Linux 5.2
+SYS_MOVE_MOUNT = 429  # Linux 5.2
+SYS_MOUNT_SETATTR = 442  # Linux 5.12
+OPEN_TREE_CLONE = 0x1
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
+
+class _MountAttr(ctypes.Structure):
+    """``struct mount_attr`` as first published (``MOUNT_ATTR_SIZE_VER0``: 32 bytes)."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
+
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long  # variadic: every argument is passed as a long or a pointer
 _statx = getattr(_libc, "statx", None)  # glibc 2.28+; without it the mount table decides
 if _statx is not None:
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
@@ -136,13 +160,32 @@ def _check(result: int, what: str, path: str) -> None:
         raise OSError(err, f"{what} {path}: {os.strerror(err)}")
 
 
-def bind_readonly(source: str, target: str) -> None:
-    """Bind ``source`` onto ``target`` as ``ro,nosuid,nodev``.
+def _syscall(number: int, what: str, path: str, *args: object) -> int:
+    """``syscall(number, *args)``; ints go as longs, so a negative fd reaches the kernel intact."""
+    result = _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what} {path}: {os.strerror(err)}")
+    return result
 
-    A bind mount ignores flags on its first call, so the flags are applied by a
-    remount of the bind, as ``mount --bind -o ro`` does. If the remount fails the
-    fresh bind is undone, so a writable view is never left behind.
-    """
+
+def _attach_read_only_clone(source: str, target: str) -> None:
+    """Clone the mount at ``source``, make the clone ``ro,nosuid,nodev`` while it is still
+    detached, then attach it at ``target``: every copy propagation makes is a copy of a read-only
+    mount. Closing the fd drops the clone if it was never attached."""
+    fd = _syscall(SYS_OPEN_TREE, "clone of", source, AT_FDCWD, source.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC)
+    try:
+        attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+        args = (fd, b"", AT_EMPTY_PATH, ctypes.pointer(attr), ctypes.sizeof(attr))
+        _syscall(SYS_MOUNT_SETATTR, "read-only flags for the bind of", source, *args)
+        _syscall(SYS_MOVE_MOUNT, "bind mount onto", target, fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(fd)
+
+
+def _bind_then_remount(source: str, target: str) -> None:
+    """``mount --bind -o ro``: a bind ignores flags on its first call, so a remount applies them.
+    If the remount fails the fresh bind is undone, so a writable view is never left behind."""
     _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND, None), "bind mount onto", target)
     flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
     try:
@@ -150,6 +193,40 @@ def bind_readonly(source: str, target: str) -> None:
     except OSError:
         _libc.umount2(target.encode(), MNT_DETACH)
         raise
+
+
+@functools.cache
+def _warn_no_mount_setattr() -> None:
+    log.warning(
+        "this kernel lacks mount_setattr (Linux 5.12): volumes are read-only in the driver's mount "
+        "namespace only, and writable in the host's copies of them"
+    )
+
+
+def bind_readonly(source: str, target: str) -> None:
+    """Bind ``source`` (only its own mount, as ``MS_BIND`` without ``MS_REC``) onto ``target`` as
+    ``ro,nosuid,nodev``, on top of whatever is mounted there already.
+
+    The flags must be set before the bind is attached. On a node ``target`` lives under a shared
+    mount, so attaching it copies it into the host's mount namespace at once, and a remount
+    changes only the driver's own copy: a bind-mode tree would stay writable through the host's
+    copy (and a pod whose volume mount is not ``readOnly``), for every pod of that digest.
+
+    Unlike ``mount(2)``, a symlink at ``target`` is refused (EINVAL), not followed: the kubelet
+    never makes one, and following it would mount the volume wherever it points.
+
+    Kernels before 5.12 (no ``mount_setattr``: ENOSYS) get the bind and remount of old, which
+    cannot make the copies already propagated read-only; the driver warns once. Any other
+    failure of the new calls (a seccomp profile refusing them, say) is an error, not a reason to
+    fall back.
+    """
+    try:
+        _attach_read_only_clone(source, target)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+        _warn_no_mount_setattr()
+        _bind_then_remount(source, target)
 
 
 def unmount(target: str) -> None:

@@ -60,6 +60,19 @@ def kubelet_root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def shared_kubelet_root(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """``(kubelet, peer)``: a kubelet dir on a shared mount, as on a node, and a peer copy of it
+    where the driver's mounts appear as they do in the host's namespace (tests/propagation.py)."""
+    from propagation import shared_dir_with_peer
+
+    kubelet, peer = tmp_path / "kubelet-shared", tmp_path / "host-copy"
+    kubelet.mkdir()
+    peer.mkdir()
+    with shared_dir_with_peer(kubelet, peer):
+        yield kubelet, peer
+
+
 @pytest.fixture(scope="module")
 def canary() -> Iterator[Canary]:
     """A directory outside the driver's reach that hostile artifacts aim at (tests/hostile.py)."""

@@ -35,6 +35,7 @@ from csi_driver.fusefs import FS_TYPE, build_tree
 from csi_driver.store import Store
 from csi_driver.tree import Entry, Kind
 from processes import stop
+from propagation import assert_read_only
 
 
 
@@ -354,6 +355,21 @@ def test_every_write_fails_with_erofs(server: Server, tree: Tree) -> None:
             attempt()
         assert caught.value.errno == errno.EROFS, caught.value
     assert (top / "notes.txt").read_bytes() == tree.contents["notes.txt"]
+
+
+def test_a_volume_bound_from_the_view_is_read_only_in_every_propagated_copy(
+    server: Server, tree: Tree, shared_kubelet_root: tuple[Path, Path]
+) -> None:
+    kubelet, peer = shared_kubelet_root
+    target = kubelet / "target"
+    target.mkdir()
+    mounts.bind_readonly(str(server.view / tree.digest), str(target))
+    try:
+        for path in (target, peer / "target"):
+            assert (path / "notes.txt").read_bytes() == tree.contents["notes.txt"]
+            assert_read_only(path, "notes.txt")
+    finally:
+        mounts.unmount(str(target))
 
 
 def test_big_directory_lists_fully(server: Server, tree: Tree) -> None:

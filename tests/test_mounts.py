@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from propagation import assert_read_only
 
 from csi_driver import mounts
 
@@ -32,6 +35,100 @@ def test_bind_readonly_is_ro_nosuid_nodev_even_with_odd_names(tmp_path: Path, so
     assert excinfo.value.errno == errno.EROFS
     mounts.unmount(str(target))
     assert mounts.find_mount(str(target)) is None
+
+
+def test_every_propagated_copy_of_a_bind_is_read_only(shared_kubelet_root: tuple[Path, Path], source: Path) -> None:
+    """The copies propagated to the host's namespace are born read-only, not only the driver's own:
+    else a write through the host's copy would change the tree every pod of the digest shares."""
+    kubelet, peer = shared_kubelet_root
+    (kubelet / "target").mkdir()
+    mounts.bind_readonly(str(source), str(kubelet / "target"))
+    assert_read_only(kubelet / "target", "file")
+    assert_read_only(peer / "target", "file")
+    assert sorted(os.listdir(source)) == ["file"] and (source / "file").read_text() == "content"
+    mounts.unmount(str(kubelet / "target"))
+    assert mounts.find_mount(str(peer / "target")) is None
+
+
+def test_a_bind_onto_a_mount_point_stacks_on_top_and_propagates_read_only(
+    shared_kubelet_root: tuple[Path, Path], source: Path, tmp_path: Path
+) -> None:
+    """What the repair of a dead volume relies on: the new bind goes on top of the old mount (and
+    so reaches the copies of it), read-only everywhere; unmounting twice removes both."""
+    kubelet, peer = shared_kubelet_root
+    target = kubelet / "target"
+    target.mkdir()
+    mounts.bind_readonly(str(source), str(target))
+    repaired = tmp_path / "repaired"
+    repaired.mkdir()
+    (repaired / "file").write_text("repaired")
+    mounts.bind_readonly(str(repaired), str(target))
+    for path in (target, peer / "target"):
+        assert (path / "file").read_text() == "repaired"
+        assert_read_only(path, "file")
+    mounts.unmount(str(target))
+    assert (peer / "target" / "file").read_text() == "content"
+    mounts.unmount(str(target))
+    assert not mounts.is_mount_point(str(target)) and mounts.find_mount(str(peer / "target")) is None
+
+
+def test_a_symlink_at_the_target_is_refused_not_followed(tmp_path: Path, source: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere)
+    with pytest.raises(OSError) as excinfo:
+        mounts.bind_readonly(str(source), str(tmp_path / "link"))
+    assert excinfo.value.errno == errno.EINVAL
+    assert not mounts.is_mount_point(str(elsewhere))
+
+
+def kernel_without(first_missing: int, real: Callable[..., int]) -> Callable[..., int]:
+    """``mounts._syscall`` as on a kernel from before ``first_missing`` was added: ENOSYS."""
+
+    def old_kernel(number: int, what: str, path: str, *args: object) -> int:
+        if number >= first_missing:
+            raise OSError(errno.ENOSYS, f"{what} {path}: {os.strerror(errno.ENOSYS)}")
+        return real(number, what, path, *args)
+
+    return old_kernel
+
+
+@pytest.mark.parametrize("first_missing", [mounts.SYS_OPEN_TREE, mounts.SYS_MOUNT_SETATTR], ids=["5.1", "5.11"])
+def test_kernels_without_mount_setattr_get_the_bind_and_remount_of_old(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, first_missing: int
+) -> None:
+    """Before Linux 5.12 the flags can only be set by a remount: read-only in the driver's own
+    namespace, with a warning that the host's copies are not; no clone is left open."""
+    monkeypatch.setattr(mounts, "_syscall", kernel_without(first_missing, mounts._syscall))
+    mounts._warn_no_mount_setattr.cache_clear()
+    target = tmp_path / "mount"
+    target.mkdir()
+    open_fds = os.listdir("/proc/self/fd")
+    mounts.bind_readonly(str(source), str(target))
+    try:
+        assert_read_only(target, "file")
+        assert len(os.listdir("/proc/self/fd")) == len(open_fds)
+        assert "lacks mount_setattr" in caplog.text
+    finally:
+        mounts.unmount(str(target))
+
+
+def test_a_refused_mount_api_call_is_an_error_not_a_writable_fallback(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seccomp profile that refuses the new calls answers EPERM: the publish fails, and nothing
+    is mounted, rather than a bind whose host copies are writable."""
+
+    def refused(number: int, what: str, path: str, *args: object) -> int:
+        raise OSError(errno.EPERM, f"{what} {path}: {os.strerror(errno.EPERM)}")
+
+    monkeypatch.setattr(mounts, "_syscall", refused)
+    target = tmp_path / "mount"
+    target.mkdir()
+    with pytest.raises(OSError) as excinfo:
+        mounts.bind_readonly(str(source), str(target))
+    assert excinfo.value.errno == errno.EPERM
+    assert not mounts.is_mount_point(str(target))
 
 
 def test_find_mount_ignores_prefixes_of_the_path(tmp_path: Path, source: Path) -> None:
