@@ -67,6 +67,11 @@ def valid_digest(text: str) -> bool:
     return _DIGEST_RE.fullmatch(text) is not None
 
 
+def valid_host(text: str) -> bool:
+    """True for a registry as a reference names it: ``host[:port]``, no scheme, no path."""
+    return _DOMAIN_RE.fullmatch(text) is not None
+
+
 def parse_reference(text: str) -> Reference:
     """Parse and normalise ``text``; raise InvalidArgument naming it and what is wrong."""
     if not text:
@@ -86,7 +91,7 @@ def parse_reference(text: str) -> Reference:
                 "not starting with '.' or '-')",
             )
     registry, repository = _split_registry(name)
-    if not _DOMAIN_RE.fullmatch(registry):
+    if not valid_host(registry):
         raise _invalid(text, f"registry {registry!r} is not a valid host[:port]")
     if repository.lower() != repository:
         raise _invalid(text, f"repository {repository!r} must be lower case")

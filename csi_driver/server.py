@@ -170,7 +170,10 @@ def serve(opts: ServeOptions) -> int:
         return {pub.digest for pub in publications.all()}
 
     if opts.metrics_address:
-        metrics.serve_metrics(opts.metrics_address, lambda: _state(store, publications, view, in_use()))
+        try:
+            metrics.serve_metrics(opts.metrics_address, lambda: _state(store, publications, view, in_use()))
+        except OSError as exc:  # the port is taken, or the host is not this node's
+            raise SystemExit(f"oci-volume-csi serve: --metrics-address {opts.metrics_address}: {exc.strerror}") from None
 
     collector = (store, in_use, opts.budget, stop, node.content_added)
     threading.Thread(target=keep_within_budget, args=collector, name="cache-gc", daemon=True).start()

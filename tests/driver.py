@@ -57,14 +57,14 @@ def cleanup_mounts_under(root: Path) -> None:
 
 @contextlib.contextmanager
 def run_driver(
-    tmp: Path, registry: str, mode: str, extra: list[str] | None = None, global_flags: list[str] | None = None
+    tmp: Path, registry: str, mode: str, extra: list[str] | None = None
 ) -> Iterator[Driver]:
     state = tmp / "state"
     socket = tmp / "csi" / "csi.sock"
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "serve.log"
     cmd = [
-        sys.executable, "-m", "csi_driver", *(global_flags or []), "serve",
+        sys.executable, "-m", "csi_driver", "serve",
         "--endpoint", f"unix://{socket}", "--node-id", "node-1",
         "--state-dir", str(state), "--mode", mode, "--insecure-registry", registry,
         *(extra or []),

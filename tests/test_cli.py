@@ -20,6 +20,7 @@ import pytest
 import fixtures_tools as ft
 from artifacts import PLUGIN_TREE, Pushed, push_klaus
 from csi_driver import mounts
+from csi_driver.__main__ import _parser
 from driver import Driver, run_driver, walk
 from test_publish import assert_read_only_mount, expected_walk, stalled_registry  # noqa: F401 (a fixture)
 from test_restarts import fuse_pid
@@ -226,13 +227,108 @@ def test_describe_shows_a_progress_line_on_a_terminal(stalled_registry: str) -> 
     assert "oci-volume-csi describe: UNAVAILABLE: " in shown and stalled_registry in shown
 
 
-@pytest.mark.parametrize(
-    "command",
-    [[], ["publish"], ["unpublish"], ["inspect"], ["describe"], ["cache"], ["cache", "ls"], ["cache", "gc"]],
-    ids=lambda c: " ".join(c) or "top",
-)
-def test_help_at_every_level(command: list[str]) -> None:
+COMMANDS = [["serve"], ["fuse"], ["publish"], ["unpublish"], ["inspect"], ["describe"], ["cache"], ["cache", "ls"],
+            ["cache", "gc"], ["convert"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [[], *COMMANDS], ids=lambda c: " ".join(c) or "top")
+def test_help_at_every_level_describes_the_command_for_an_admin(command: list[str]) -> None:
     shown = cli(*command, "--help").stdout
     assert shown.startswith(f"usage: oci-volume-csi {' '.join(command)}".rstrip())
-    if command not in ([], ["cache"]):
+    description = shown.split("\n\n")[1]
+    assert not description.startswith(("options:", "positional arguments:")), shown
+    for internal in ("csi_driver", ".py", "DESIGN", "``"):
+        assert internal not in shown
+    assert "--log-format {text,json}" in shown
+    if command in ([["publish"], ["unpublish"], ["inspect"], ["describe"], ["cache", "ls"], ["cache", "gc"]]):
         assert "--output {table,json}" in shown
+
+
+# -- usage ------------------------------------------------------------------------------------
+
+NODE = ("--node-id", "node-1")
+REF = "registry.example/cli/x:v1"
+BAD_VALUES = [
+    (["--log-level", "LOUD", "serve", *NODE], "--log-level: 'LOUD'"),
+    (["serve", *NODE, "--log-level", "LOUD"], "--log-level: 'LOUD'"),
+    (["serve", *NODE, "--log-format", "yaml"], "--log-format: invalid choice: 'yaml'"),
+    (["serve"], "required: --node-id"),
+    (["serve", "--node-id", ""], "--node-id: ''"),
+    (["serve", *NODE, "--endpoint", "/csi/csi.sock"], "--endpoint: '/csi/csi.sock'"),
+    (["serve", *NODE, "--endpoint", "tcp://127.0.0.1:10000"], "--endpoint: 'tcp://127.0.0.1:10000'"),
+    (["serve", *NODE, "--state-dir", "/etc/hostname"], "--state-dir: '/etc/hostname' is not a directory"),
+    (["serve", *NODE, "--mode", "loop"], "--mode: invalid choice: 'loop'"),
+    (["serve", *NODE, "--driver-name=-oci-"], "--driver-name: '-oci-'"),
+    (["serve", *NODE, "--driver-name", "d" * 64], "--driver-name: 'ddd"),
+    (["serve", *NODE, "--insecure-registry", "http://host:5000"], "without one: 'host:5000'"),
+    (["serve", *NODE, "--insecure-registry", "host:5000/v2"], "--insecure-registry: 'host:5000/v2'"),
+    (["serve", *NODE, "--registry-config-dir", "/etc/hostname"], "--registry-config-dir: '/etc/hostname'"),
+    (["serve", *NODE, "--platform", "bad"], "--platform: platform 'bad'"),
+    (["serve", *NODE, "--platform", "linux/"], "--platform: platform 'linux/'"),
+    (["serve", *NODE, "--registry-timeout", "0"], "--registry-timeout: '0'"),
+    (["serve", *NODE, "--registry-timeout", "soon"], "--registry-timeout: 'soon'"),
+    (["serve", *NODE, "--pull-timeout=-5"], "--pull-timeout: '-5'"),
+    (["serve", *NODE, "--pull-timeout", "inf"], "--pull-timeout: 'inf'"),
+    (["serve", *NODE, "--max-manifest-bytes", "4 furlongs"], "--max-manifest-bytes: '4 furlongs'"),
+    (["serve", *NODE, "--max-manifest-bytes", "0"], "--max-manifest-bytes: '0'"),
+    (["serve", *NODE, "--max-layers", "0"], "--max-layers: '0'"),
+    (["serve", *NODE, "--max-layers", "1.5"], "--max-layers: '1.5'"),
+    (["serve", *NODE, "--max-entries", "many"], "--max-entries: 'many'"),
+    (["serve", *NODE, "--max-unpacked-bytes=-1GiB"], "--max-unpacked-bytes: '-1GiB'"),
+    (["serve", *NODE, "--cache-max-bytes", "lots"], "--cache-max-bytes: 'lots'"),
+    (["serve", *NODE, "--cache-min-free", "200%"], "--cache-min-free: '200%'"),
+    (["serve", *NODE, "--cache-min-free=-5%"], "--cache-min-free: '-5%'"),
+    (["serve", *NODE, "--cache-min-free", "ten%"], "--cache-min-free: 'ten%'"),
+    (["serve", *NODE, "--metrics-address", "9810"], "--metrics-address: '9810'"),
+    (["serve", *NODE, "--metrics-address", ":99999"], "--metrics-address: ':99999'"),
+    (["serve", *NODE, "--image-credential-provider-config", "/etc/k/c.yaml"], "go together"),
+    (["serve", *NODE, "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["fuse", "--state-dir", "/etc/hostname"], "--state-dir: '/etc/hostname'"),
+    (["cache", "gc", "--grace=-1"], "--grace: '-1'"),
+    (["cache", "gc", "--cache-min-free", "200%"], "--cache-min-free: '200%'"),
+    (["cache", "gc", "--cache-max-bytes", "1 ton"], "--cache-max-bytes: '1 ton'"),
+    (["cache", "gc", "--output", "yaml"], "--output: invalid choice: 'yaml'"),
+    (["cache", "ls", "--state-dir", "/etc/hostname"], "--state-dir: '/etc/hostname'"),
+    (["cache", "prune"], "invalid choice: 'prune'"),
+    (["publish", "Registry.Example/Bad", "/mnt/x"], "REF: invalid image reference 'Registry.Example/Bad'"),
+    (["publish", REF], "required: TARGET"),
+    (["publish", REF, "/mnt/x", "--pull-policy", "Sometimes"], "--pull-policy: invalid choice: 'Sometimes'"),
+    (["publish", REF, "/mnt/x", "--platform", "amd64"], "--platform: platform 'amd64'"),
+    (["publish", REF, "/mnt/x", "--pod", "agent-7"], "--pod: 'agent-7'"),
+    (["publish", REF, "/mnt/x", "--timeout", "0"], "--timeout: '0'"),
+    (["publish", REF, "/mnt/x", "--endpoint", "localhost:10000"], "--endpoint: 'localhost:10000'"),
+    (["unpublish", "/mnt/x", "--timeout", "never"], "--timeout: 'never'"),
+    (["inspect", "--state-dir", "/etc/hostname"], "--state-dir: '/etc/hostname'"),
+    (["describe", f"{REF}@sha256:123"], "REF: invalid image reference"),
+    (["describe", REF, "--insecure-registry", "https://registry.example"], "without one: 'registry.example'"),
+    (["describe", REF, "--max-layers", "none"], "--max-layers: 'none'"),
+    (["describe", REF, "--platform", "linux/arm/v7/x"], "--platform: platform 'linux/arm/v7/x'"),
+    (["convert", "--driver-name", "bad_name"], "--driver-name: 'bad_name'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_a_bad_flag_value_is_a_one_line_usage_error(argv: list[str], named: str) -> None:
+    result = cli(*argv, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    command = " ".join(["oci-volume-csi", *(a for a in argv[:2] if a in ("serve", "fuse", "cache", "gc", "ls",
+                        "publish", "unpublish", "inspect", "describe", "convert"))])  # fmt: skip
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{command}: ") and named in line, line
+    assert line.endswith(f"(see {command} --help)")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-format", "json", "--log-level", "debug", "cache", "gc"],
+        ["cache", "gc", "--log-format", "json", "--log-level", "debug"],
+        ["--log-format", "json", "cache", "-v", "gc"],
+    ],
+    ids=["before", "after", "between"],
+)
+def test_logging_flags_work_before_or_after_the_command(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    level = "DEBUG" if args.verbose else args.log_level
+    assert (args.log_format, level) == ("json", "DEBUG")
+    assert args.prog == "oci-volume-csi cache gc"

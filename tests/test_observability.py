@@ -65,7 +65,7 @@ def test_json_logs_have_one_line_per_rpc_with_its_fields_and_no_secret(
 ) -> None:
     secret = pull_secret(USER, PASSWORD, private_registry)
     flags = ["--log-format", "json", "--log-level", "DEBUG"]
-    with run_driver(tmp_path, private_registry, "bind", global_flags=flags) as d:
+    with run_driver(tmp_path, private_registry, "bind", flags) as d:  # after `serve`, as a DaemonSet's args
         request = publish_request(
             target_for(kubelet_root, "pod-1", "p"), {"reference": private_plugin.reference}, secrets=secret,
             pod_name="agent-7", namespace="team-a",

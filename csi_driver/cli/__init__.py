@@ -22,13 +22,12 @@ def run(args: argparse.Namespace, *context: object) -> int:
     """Run ``args.handler`` with ``args`` and whatever else it takes (``context``)."""
     module, _, function = args.handler.partition(".")
     handler = getattr(importlib.import_module(f"{__name__}.{module}"), function)
-    where = f"oci-volume-csi {args.command}"
     try:
         return handler(args, *context)
     except errors.DriverError as exc:
-        print(f"{where}: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"{args.prog}: {exc.code}: {exc.message}", file=sys.stderr)
     except grpc.RpcError as exc:
-        print(f"{where}: the driver answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"{args.prog}: the driver answered {exc.code().name}: {exc.details()}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
     return 1

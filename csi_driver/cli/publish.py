@@ -78,10 +78,7 @@ def publish(args: argparse.Namespace) -> int:
         attributes["pullPolicy"] = args.pull_policy
     if args.platform:
         attributes["platform"] = args.platform
-    pod = {}
-    if args.pod:
-        namespace, _, name = args.pod.rpartition("/")
-        pod = {"namespace": namespace, "pod_name": name}
+    pod = {"namespace": args.pod[0], "pod_name": args.pod[1]} if args.pod else {}
     request = publish_request(target, attributes, **pod)
     _call(args.endpoint, args.timeout, "NodePublishVolume", request)
     result = {"volume_id": request.volume_id, "target": target, "reference": args.reference}
