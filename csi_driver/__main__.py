@@ -241,6 +241,11 @@ def _parser() -> argparse.ArgumentParser:
         "A volume the kubelet published belongs to its pod: delete the pod instead (or pass --force).",
     )  # fmt: skip
     unpublish.add_argument("target", metavar="TARGET", help="what publish mounted")
+    unpublish.add_argument(
+        "--force", action="store_true",
+        help="unmount a volume the kubelet published, or a mount the driver has no record of, and drop its record",
+    )  # fmt: skip
+    _state_dir(unpublish)
     _driver_flags(unpublish)
 
     inspect = _human(

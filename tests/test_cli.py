@@ -22,6 +22,7 @@ from artifacts import PLUGIN_TREE, Pushed, push_klaus
 from csi_driver import mounts
 from csi_driver.__main__ import _parser
 from driver import Driver, run_driver, walk
+from kubelet import publish_request as kubelet_publish_request, target_for
 from test_publish import assert_read_only_mount, expected_walk, stalled_registry  # noqa: F401 (a fixture)
 from test_restarts import fuse_pid
 
@@ -106,7 +107,7 @@ def test_publish_inspect_cache_ls_unpublish_and_gc(driver: Driver, plugin: Pushe
     view = driver.state_dir / "view" / plugin.digest
     subprocess.run(["mount", "--bind", "-o", "ro", str(view), str(target)], check=True)
 
-    assert "unpublished" in cli("unpublish", str(target), *endpoint(driver)).stdout
+    assert "unpublished" in cli("unpublish", str(target), *endpoint(driver), *state(driver)).stdout
     assert mounts.find_mount(str(target)) is None and not target.exists()
     assert all(v["target"] != str(target) for v in cli_json("inspect", *state(driver)))
     gc = cli_json("cache", "gc", *state(driver), "--grace", "0", "--cache-max-bytes", "1")
@@ -119,7 +120,7 @@ def test_failures_are_one_line_with_the_code(driver: Driver, registry: str, tmp_
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.startswith("oci-volume-csi publish: the driver answered NOT_FOUND:")
     assert f"{registry}/cli/missing:v1" in missing.stderr and "Traceback" not in missing.stderr
-    no_driver = cli("unpublish", str(tmp_path / "m"), "--endpoint", f"unix://{tmp_path}/none.sock", check=False)
+    no_driver = cli("publish", f"{registry}/cli/missing:v1", str(tmp_path / "m"), "--endpoint", f"unix://{tmp_path}/none.sock", check=False)
     assert no_driver.returncode == 1 and "UNAVAILABLE: no driver socket" in no_driver.stderr
     unknown = cli("inspect", str(tmp_path / "m"), *state(driver), check=False)
     assert unknown.returncode == 1 and "NOT_FOUND: nothing is published" in unknown.stderr
@@ -140,6 +141,50 @@ def test_publish_waits_with_a_progress_line_on_a_terminal(
         assert "waiting for the driver… 1 s" in shown
         assert "the driver answered UNAVAILABLE" in shown and stalled_registry in shown
         assert "UNAVAILABLE" in piped.result().stderr and "waiting" not in piped.result().stderr
+
+
+def test_unpublish_of_a_kubelet_volume_is_refused_and_forced_it_stays_gone_after_a_restart(
+    registry: str, plugin: Pushed, tmp_path: Path, kubelet_root: Path
+) -> None:
+    kubelet_id = "csi-" + hashlib.sha256(b"pod-uid-1" + b"plugin").hexdigest()  # the kubelet's makeVolumeHandle
+    request = kubelet_publish_request(
+        target_for(kubelet_root, "pod-uid-1", "plugin"), {"reference": plugin.reference}, vol_id=kubelet_id,
+        pod_name="agent-7", namespace="team-a", pod_uid="pod-uid-1",
+    )  # fmt: skip
+    target = request.target_path
+    with run_driver(tmp_path / "first", registry, "bind") as d:
+        d.publish(request)
+        refused = cli("unpublish", target, *endpoint(d), *state(d), check=False)
+        assert refused.returncode == 1 and refused.stdout == ""
+        [line] = refused.stderr.splitlines()
+        assert line.startswith("oci-volume-csi unpublish: FAILED_PRECONDITION: ")
+        assert "team-a/agent-7" in line and "delete the pod" in line and "--force" in line
+        assert mounts.is_mount_point(target)
+
+        forced = cli_json("unpublish", target, "--force", *endpoint(d), *state(d))
+        assert forced == {"volume_id": request.volume_id, "target": target, "forced": True}
+        assert not mounts.is_mount_point(target)
+        assert cli_json("inspect", *state(d)) == []
+        state_dir = d.state_dir
+    with run_driver(tmp_path / "first", registry, "bind") as d:  # the same state dir: nothing to re-bind
+        assert d.state_dir == state_dir
+        assert not mounts.is_mount_point(target) and cli_json("inspect", *state(d)) == []
+        gc = cli_json("cache", "gc", *state(d), "--grace", "0", "--cache-max-bytes", "1")
+        assert gc["removed"] == [plugin.digest]
+
+
+def test_unpublish_refuses_what_was_never_published_there(driver: Driver, tmp_path: Path) -> None:
+    nothing = cli("unpublish", str(tmp_path), *endpoint(driver), *state(driver), check=False)
+    assert nothing.returncode == 1 and "NOT_FOUND: nothing is published at" in nothing.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(foreign)], check=True)
+    try:
+        refused = cli("unpublish", str(foreign), *endpoint(driver), *state(driver), check=False)
+        assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr and "--force" in refused.stderr
+        assert mounts.is_mount_point(str(foreign))
+    finally:
+        subprocess.run(["umount", "-l", str(foreign)], check=False)
 
 
 def test_inspect_reads_the_records_while_serve_is_down_and_sees_a_dead_view(
@@ -181,7 +226,7 @@ def test_describe_names_each_layers_rule_and_shows_what_the_mount_holds(
     try:
         mounted = {path: (kind, mode, uid, gid) for path, (kind, mode, uid, gid, _) in walk(target).items()}
     finally:
-        cli("unpublish", str(target), *endpoint(driver))
+        cli("unpublish", str(target), *endpoint(driver), *state(driver))
     described = {e["path"]: (e["kind"], int(e["mode"], 8), e["uid"], e["gid"]) for e in report["volume"]["entries"]}
     assert described == mounted
 

@@ -6,7 +6,7 @@ pod info in the volume context), so what works here works from a kubelet. The te
 builds its kubelet requests with the same functions.
 
 The volume id is derived from the target path, so ``unpublish TARGET`` finds what
-``publish REF TARGET`` made without being told the id.
+``publish REF TARGET`` made without being told the id, and tells it from a kubelet's volume.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import grpc
 
-from .. import errors
+from .. import errors, mounts
 from .._pb import csi_pb2, csi_pb2_grpc
 from ..server import socket_path
 from .output import emit, fields, progress
+from .state import open_state
 
 
 def volume_id(target: str) -> str:
@@ -87,10 +88,36 @@ def publish(args: argparse.Namespace) -> int:
 
 
 def unpublish(args: argparse.Namespace) -> int:
+    """Undo a ``publish``; anything else at TARGET only with ``--force``.
+
+    The volume's record (``--state-dir``) says who published it: a volume id other than the one
+    ``publish`` derives from TARGET is the kubelet's, whose pod still wants it. Forced, the request
+    carries the record's own volume id, so the driver drops that record with the mount: nothing
+    re-binds it at the next start, and its content becomes collectable.
+    """
     target = os.path.abspath(args.target)
-    request = csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id(target), target_path=target)
+    _, publications = open_state(args.state_dir)
+    pub = publications.by_target(target)
+    vol_id = pub.volume_id if pub else volume_id(target)
+    if pub is None and not mounts.is_mount_point(target):
+        raise errors.NotFound(
+            f"nothing is published at {target} (state dir {args.state_dir}); `oci-volume-csi inspect` lists what is"
+        )
+    if not args.force:
+        if pub is None:
+            raise errors.FailedPrecondition(
+                f"{target} is a mount the driver has no record of: not unmounting what it may not have "
+                "mounted; --force unmounts it anyway"
+            )
+        if vol_id != volume_id(target):
+            raise errors.FailedPrecondition(
+                f"{target} is the volume of pod {pub.pod_namespace}/{pub.pod_name} (volume id {vol_id}), "
+                "published by the kubelet: delete the pod and the kubelet unpublishes it; "
+                "--force unmounts it now and drops its record"
+            )
+    request = csi_pb2.NodeUnpublishVolumeRequest(volume_id=vol_id, target_path=target)
     _call(args.endpoint, args.timeout, "NodeUnpublishVolume", request)
-    result = {"volume_id": request.volume_id, "target": target}
+    result = {"volume_id": vol_id, "target": target, "forced": args.force}
     emit(args.output, result, lambda r: f"unpublished {r['target']}\n" + _volume_id_line(r))
     return 0
 

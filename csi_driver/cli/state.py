@@ -21,7 +21,7 @@ from ..store import Store
 from .output import emit, fields, iso, plural, short, size, table, when
 
 
-def _state(path: str) -> tuple[Store, Publications]:
+def open_state(path: str) -> tuple[Store, Publications]:
     """The store and records of a state dir that ``serve`` has used; never a fresh one."""
     state = Path(path)
     if not (state / "store.db").is_file():
@@ -75,7 +75,7 @@ def _volumes_text(volumes: list[dict[str, Any]]) -> str:
 
 def inspect(args: argparse.Namespace) -> int:
     """One volume by target or volume id, or every volume the node publishes."""
-    store, publications = _state(args.state_dir)
+    store, publications = open_state(args.state_dir)
     if args.volume is None:
         emit(args.output, [_volume(store, pub) for pub in publications.all()], _volumes_text)
         return 0
@@ -91,7 +91,7 @@ def inspect(args: argparse.Namespace) -> int:
 
 def cache_ls(args: argparse.Namespace) -> int:
     """Every complete artifact in the store, most recently used first."""
-    store, publications = _state(args.state_dir)
+    store, publications = open_state(args.state_dir)
     pubs = publications.all()
     in_use = collections.Counter(pub.digest for pub in pubs)
     references = store.references()
@@ -133,7 +133,7 @@ def _cache_text(cache: dict[str, Any]) -> str:
 
 def cache_gc(args: argparse.Namespace) -> int:
     """Collect now what ``serve`` would collect next: unused content, least recently used first."""
-    store, publications = _state(args.state_dir)
+    store, publications = open_state(args.state_dir)
     in_use = {pub.digest for pub in publications.all()}
     report = collect(store, in_use, Budget(args.cache_max_bytes, args.cache_min_free, args.grace))
     result = {
