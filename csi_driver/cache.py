@@ -2,7 +2,7 @@
 
 ``--cache-max-bytes`` caps what the store holds; ``--cache-min-free`` keeps that much
 of the state dir's file system free (a fraction like ``10%`` or a size). Content in
-use is never removed, even when that leaves the budget exceeded: a log line says so.
+use is never removed, even when that leaves the budget exceeded: a log line says so, and why.
 Blobs shared by several artifacts stay while any of them needs one (the store
 keeps which blobs each tree needs). A tree used in the last ``grace`` seconds is
 kept too, so a publish between its pull and its record cannot lose its content.
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import bindview, metrics
+from . import bindview, metrics, units
 from .store import Store
 
 log = logging.getLogger("oci-volume-csi")
@@ -31,12 +31,44 @@ class Budget:
     grace: float = 300.0
 
 
+IN_USE, RECENT = "in use", "recently used"
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A tree the collector looked at: what it freed when removed, or why it was kept."""
+
+    digest: str
+    last_used: float
+    bytes: int  # its unpacked size, as ``cache ls`` shows it
+    reason: str = ""  # IN_USE or RECENT when kept
+
+
 @dataclass
 class Report:
-    removed: list[str] = field(default_factory=list)
+    removed: list[Tree] = field(default_factory=list)
+    kept: list[Tree] = field(default_factory=list)  # looked at while over budget, and not removable
     freed_bytes: int = 0
     cache_bytes: int = 0
     over_budget_bytes: int = 0
+    free_bytes: int = 0  # on the state dir's file system, after collecting
+    wanted_free_bytes: int = 0  # what --cache-min-free asks for
+
+    def why_over(self, grace: float) -> str:
+        """Why collection ended over budget, for a person: what it had to keep, or that it found
+        nothing more to remove (the rest is blobs of pulls in flight, or other files fill the disk)."""
+        in_use = sum(1 for tree in self.kept if tree.reason == IN_USE)
+        recent = len(self.kept) - in_use
+        parts = [f"{in_use} in use"] if in_use else []
+        if recent:
+            parts.append(f"{recent} used in the last {grace:.0f} s (--grace)")
+        why = f"kept {' and '.join(parts)}" if parts else "no complete artifact is left that may be removed"
+        if self.free_bytes < self.wanted_free_bytes:
+            why += (
+                f"; the file system has {units.size(self.free_bytes)} free and --cache-min-free asks for "
+                f"{units.size(self.wanted_free_bytes)}"
+            )
+        return why
 
 
 def cache_bytes(store: Store) -> int:
@@ -45,14 +77,19 @@ def cache_bytes(store: Store) -> int:
     return store.stored_bytes() + trees
 
 
+def _free(store: Store, budget: Budget) -> tuple[int, int]:
+    """(free bytes, free bytes wanted) on the state dir's file system."""
+    fs = os.statvfs(store.root)
+    total, free = fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+    return free, int(total * budget.min_free) if isinstance(budget.min_free, float) else budget.min_free
+
+
 def _excess(store: Store, budget: Budget) -> int:
     """Bytes to free to meet the budget (0 when met)."""
     excess = 0
     if budget.max_bytes is not None:
         excess = cache_bytes(store) - budget.max_bytes
-    fs = os.statvfs(store.root)
-    total, free = fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
-    wanted_free = int(total * budget.min_free) if isinstance(budget.min_free, float) else budget.min_free
+    free, wanted_free = _free(store, budget)
     return max(excess, wanted_free - free, 0)
 
 
@@ -64,22 +101,26 @@ def collect(store: Store, in_use: set[str], budget: Budget) -> Report:
         if _excess(store, budget) <= 0:
             break
         if digest in in_use or last_used > now - budget.grace:
+            reason = IN_USE if digest in in_use else RECENT
+            report.kept.append(Tree(digest, last_used, store.usage(digest)[0], reason))
             continue
         with store.single_flight(digest):
             before = cache_bytes(store)
+            removed = Tree(digest, last_used, store.usage(digest)[0])
             store.remove_tree(digest)
             shutil.rmtree(bindview.tree_dir(store.root, digest), ignore_errors=True)
             store.remove_unused_blobs(older_than=now - budget.grace)
             report.freed_bytes += before - cache_bytes(store)
-        report.removed.append(digest)
+        report.removed.append(removed)
         log.info("cache: removed %s, unused since %s", digest, time.strftime("%F %T", time.localtime(last_used)))
     report.cache_bytes = cache_bytes(store)
     report.over_budget_bytes = _excess(store, budget)
+    report.free_bytes, report.wanted_free_bytes = _free(store, budget)
     if report.over_budget_bytes:
         metrics.CACHE_OVER_BUDGET.inc()
         log.warning(
-            "cache: still %d bytes over budget (%d bytes cached); what remains is in use or used in the last %.0f s",
-            report.over_budget_bytes, report.cache_bytes, budget.grace,
+            "cache: still %s over budget with %s cached: %s",
+            units.size(report.over_budget_bytes), units.size(report.cache_bytes), report.why_over(budget.grace),
         )  # fmt: skip
     return report
 

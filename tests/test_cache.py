@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +28,8 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def cache_gc(state: Path, *flags: str) -> str:
-    cmd = [sys.executable, "-m", "csi_driver", "cache", "gc", "--state-dir", str(state), "--grace", "0", *flags]
+def cache_gc(state: Path, *flags: str, grace: str = "0") -> str:
+    cmd = [sys.executable, "-m", "csi_driver", "cache", "gc", "--state-dir", str(state), "--grace", grace, *flags]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
@@ -52,13 +54,14 @@ def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
         oldest, middle, in_use = (digest for digest, _ in store.trees_by_age())
 
         out = cache_gc(d.state_dir, "--cache-max-bytes", str(cache_bytes(store) - 1))
-        assert f"removed {oldest}" in out and middle not in out
+        assert re.search(rf"^removed +{oldest} ", out, re.MULTILINE) and middle not in out
         assert store.committed_digests() == sorted([middle, in_use])
         assert not store.has_blob(sha256(own[0])) and store.has_blob(sha256(shared))
         assert not bindview.tree_dir(d.state_dir, oldest).exists()
 
         out = cache_gc(d.state_dir, "--cache-max-bytes", "1")
-        assert f"removed {middle}" in out and "over budget" in out
+        assert re.search(rf"^removed +{middle} ", out, re.MULTILINE) and "over budget: kept 1 in use" in out
+        assert re.search(rf"^kept +{in_use} .* in use by 1 volume$", out, re.MULTILINE)
         assert store.committed_digests() == [in_use]
         assert store.has_blob(sha256(shared)) and store.has_blob(sha256(own[2]))
         assert (Path(requests[2].target_path) / "data/0000.bin").read_bytes() == own[2][512 : 512 + (1 << 20)]
@@ -66,6 +69,37 @@ def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
         again = publish_request(target_for(kubelet_root, "pod-again", "image"), {"reference": images[0].reference})
         d.publish(again)
         assert (Path(again.target_path) / "data/0000.bin").read_bytes() == own[0][512 : 512 + (1 << 20)]
+
+
+def test_gc_says_why_it_kept_what_it_kept_in_human_units(registry: str, tmp_path: Path, kubelet_root: Path) -> None:
+    shared = push_klaus(registry, "cache/shared:v1", PLUGIN_TREE, tmp_path / "shared")
+    recent = push_image(registry, "cache/recent:v1", [(big_layer(1 << 20, seed=4), TAR)], tmp_path / "recent")
+    pods = [publish_request(target_for(kubelet_root, f"pod-{i}", "p"), {"reference": shared.reference}) for i in (1, 2)]
+    gone = publish_request(target_for(kubelet_root, "pod-gone", "p"), {"reference": recent.reference})
+    with run_driver(tmp_path, registry, "bind") as d:
+        for request in [*pods, gone]:
+            d.publish(request)
+        d.unpublish(unpublish_request(gone))
+
+        out = cache_gc(d.state_dir, "--cache-max-bytes", "1", grace="300")
+        assert "removed" not in out
+        assert re.search(rf"^kept +{shared.digest} +\d+ B .* in use by 2 volumes$", out, re.MULTILINE), out
+        assert re.search(rf"^kept +{recent.digest} +1\.0 MiB .* used in the last 300 s \(--grace\)$", out, re.MULTILINE)
+        assert out.splitlines()[-1].startswith("freed 0 B; ")
+        assert "over budget: kept 1 in use and 1 used in the last 300 s (--grace)" in out
+        assert " bytes" not in out
+
+        report = json.loads(cache_gc(d.state_dir, "--cache-max-bytes", "1", "--output", "json"))
+        assert [t["digest"] for t in report["removed"]] == [recent.digest]
+        assert [(t["digest"], t["reason"], t["volumes"]) for t in report["kept"]] == [(shared.digest, "in use", 2)]
+
+        for request in pods:
+            d.unpublish(unpublish_request(request))
+        out = cache_gc(d.state_dir, "--cache-min-free", "99%")  # more than this file system can ever have free
+        assert re.search(rf"^removed +{shared.digest} ", out, re.MULTILINE)
+        assert "over budget: no complete artifact is left that may be removed; the file system has" in out
+        assert "in use" not in out
+        assert cache_gc(d.state_dir).startswith("within budget, nothing to remove; ")
 
 
 def test_full_disk_is_resource_exhausted_cleans_up_and_keeps_serving(

@@ -30,7 +30,8 @@ from ..reference import Reference, parse_reference
 from ..registry import RegistryClient
 from ..store import Store, blob_relpath
 from ..tree import Entry, Kind
-from .output import emit, fields, plural, progress, short, size, table
+from ..units import size
+from .output import emit, fields, plural, progress, short, table
 
 KINDS = {
     "application/vnd.oci.image.index.v1+json": "OCI image index",

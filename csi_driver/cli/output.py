@@ -38,16 +38,6 @@ def fields(pairs: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in pairs)
 
 
-def size(n: int) -> str:
-    """1536 → ``1.5 KiB``: what a person reads; JSON keeps the byte count."""
-    value, unit = float(n), "B"
-    for larger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-
-
 def plural(n: int, noun: str, nouns: str = "") -> str:
     """``1 file``, ``2 files``; ``nouns`` for an irregular plural."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"

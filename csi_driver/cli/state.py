@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors, mounts
-from ..cache import Budget, cache_bytes, collect
+from ..cache import IN_USE, Budget, Tree, cache_bytes, collect
 from ..publications import Publication, Publications
 from ..store import Store
-from .output import emit, fields, iso, plural, short, size, table, when
+from ..units import size
+from .output import emit, fields, iso, plural, short, table, when
 
 
 def open_state(path: str) -> tuple[Store, Publications]:
@@ -134,24 +135,38 @@ def _cache_text(cache: dict[str, Any]) -> str:
 def cache_gc(args: argparse.Namespace) -> int:
     """Collect now what ``serve`` would collect next: unused content, least recently used first."""
     store, publications = open_state(args.state_dir)
-    in_use = {pub.digest for pub in publications.all()}
-    report = collect(store, in_use, Budget(args.cache_max_bytes, args.cache_min_free, args.grace))
+    volumes = collections.Counter(pub.digest for pub in publications.all())
+    report = collect(store, set(volumes), Budget(args.cache_max_bytes, args.cache_min_free, args.grace))
+
+    def tree(t: Tree) -> dict[str, Any]:
+        return {"digest": t.digest, "bytes": t.bytes, "last_used": iso(t.last_used)}
+
     result = {
-        "removed": report.removed,
+        "removed": [tree(t) for t in report.removed],
+        "kept": [{**tree(t), "reason": t.reason, "volumes": volumes[t.digest]} for t in report.kept],
+        "grace_seconds": args.grace,
         "freed_bytes": report.freed_bytes,
         "cache_bytes": report.cache_bytes,
-        "in_use_digests": len(in_use),
         "over_budget_bytes": report.over_budget_bytes,
+        "over_budget_because": report.why_over(args.grace) if report.over_budget_bytes else "",
     }
     emit(args.output, result, _gc_text)
     return 0
 
 
 def _gc_text(r: dict[str, Any]) -> str:
-    lines = [f"removed {digest}" for digest in r["removed"]]
-    lines.append(
-        f"freed {r['freed_bytes']} bytes; {r['cache_bytes']} bytes cached, {r['in_use_digests']} digests in use"
-    )
+    rows = [("removed", t["digest"], size(t["bytes"]), when(t["last_used"]), "unused") for t in r["removed"]]
+    for t in r["kept"]:
+        why = (
+            f"in use by {plural(t['volumes'], 'volume')}" if t["reason"] == IN_USE
+            else f"used in the last {r['grace_seconds']:.0f} s (--grace)"
+        )  # fmt: skip
+        rows.append(("kept", t["digest"], size(t["bytes"]), when(t["last_used"]), why))
+    on_disk = f"{size(r['cache_bytes'])} on disk (blobs, layers, trees)"
     if r["over_budget_bytes"]:
-        lines.append(f"still {r['over_budget_bytes']} bytes over budget: the rest is in use")
-    return "\n".join(lines)
+        summary = f"freed {size(r['freed_bytes'])}; {on_disk}; still {size(r['over_budget_bytes'])} over budget: {r['over_budget_because']}"
+    elif rows:
+        summary = f"freed {size(r['freed_bytes'])}; {on_disk}; within budget"
+    else:
+        return f"within budget, nothing to remove; {on_disk}"
+    return table(("", "digest", "size", "last used", "why"), rows) + "\n" + summary
