@@ -3,8 +3,9 @@
 The interceptor is the only place where driver exceptions become gRPC statuses,
 so servicers stay plain: raise an ``errors.DriverError`` and the pod event gets its
 code and message. Anything else is a bug: it is logged with its traceback and
-answered INTERNAL. Each RPC logs one line; the request is logged with its
-``secrets`` field cleared, so no credential ever reaches a log.
+answered INTERNAL. Each RPC logs one compact line at INFO (method, volume id, reference,
+digest, code, time); the whole request only at DEBUG, with its ``secrets`` field cleared, so
+no credential ever reaches a log.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import grpc
 # text_format imports descriptor_pb2 when it first prints a map field (volume_context): 1.6 ms
-# of the first publish's log line, paid here at start instead.
+# of the first publish's DEBUG line, paid here at start instead.
 from google.protobuf import descriptor_pb2  # noqa: F401
 from google.protobuf import text_format
 
@@ -48,6 +49,13 @@ def redacted(request) -> str:  # type: ignore[no-untyped-def]
         copy.ClearField("secrets")
         request = copy
     return text_format.MessageToString(request, as_one_line=True)
+
+
+def summary(method: str, fields: dict[str, object]) -> str:
+    """An RPC's INFO line: what was asked about, the answer and the time; the request itself is DEBUG."""
+    about = "".join(f" {name}={fields[name]}" for name in ("volume_id", "reference", "digest") if name in fields)
+    error = f": {fields['error']}" if "error" in fields else ""
+    return f"{method}{about} -> {fields['code']} ({fields['duration_ms']:.1f} ms){error}"
 
 
 def request_fields(request) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -78,6 +86,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             start = time.monotonic()
             code, message = grpc.StatusCode.OK, ""
             fields = logs.open_fields(method=method, **request_fields(request))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s request: %s", method, redacted(request))
             try:
                 return inner(request, context)
             except errors.DriverError as exc:
@@ -91,12 +101,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 elapsed = time.monotonic() - start
                 metrics.RPC_SECONDS.labels(method, code.name).observe(elapsed)
                 fields.update(code=code.name, duration_ms=round(elapsed * 1000, 2), **({"error": message} if message else {}))
-                digest = f" digest={fields['digest']}" if "digest" in fields else ""
-                log.info(
-                    "%s %s -> %s%s %s(%.1f ms)",
-                    method, redacted(request), code.name, digest, f"{message} " if message else "", elapsed * 1000,
-                    extra={"fields": fields},
-                )  # fmt: skip
+                log.info("%s", summary(method, fields), extra={"fields": fields})
             context.abort(code, message)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -83,6 +84,28 @@ def test_json_logs_have_one_line_per_rpc_with_its_fields_and_no_secret(
     assert publish[0]["mode"] == "bind"
     assert publish[0]["code"] == "OK" and publish[0]["duration_ms"] > 0
     assert any("pulled" in line["msg"] and line["level"] == "debug" for line in lines)
+    [full] = [line for line in lines if line["msg"].startswith("NodePublishVolume request: ")]
+    assert full["level"] == "debug" and "volume_context" in full["msg"] and "secrets" not in full["msg"]
     basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     for leak in (PASSWORD, basic, "Authorization"):
         assert leak not in output
+
+
+def test_info_logs_one_compact_line_per_rpc(registry: str, tmp_path: Path, kubelet_root: Path) -> None:
+    from artifacts import push_klaus
+
+    plugin = push_klaus(registry, "logs/plugin:v1", PLUGIN_TREE, tmp_path / "push")
+    with run_driver(tmp_path, registry, "bind") as d:
+        request = publish_request(target_for(kubelet_root, "pod-1", "p"), {"reference": plugin.reference})
+        d.publish(request)
+        d.unpublish(unpublish_request(request))
+    output = d.log.read_text()
+    [publish] = [line for line in output.splitlines() if "NodePublishVolume" in line]
+    assert re.search(
+        rf" INFO oci-volume-csi: NodePublishVolume volume_id={request.volume_id} reference={re.escape(plugin.reference)} "
+        rf"digest={plugin.digest} -> OK \(\d+\.\d ms\)$",
+        publish,
+    ), publish
+    [unpublish] = [line for line in output.splitlines() if "NodeUnpublishVolume" in line]
+    assert re.search(rf"NodeUnpublishVolume volume_id={request.volume_id} -> OK \(\d+\.\d ms\)$", unpublish)
+    assert "volume_context" not in output and "target_path" not in output
