@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-address", type=flags.address, metavar="[HOST]:PORT", help="serve Prometheus metrics here, e.g. :9810 (default: off)"
     )
+    serve.add_argument(
+        "--progress-interval", type=flags.seconds, default=10.0, metavar="SECONDS",
+        help="log how far each pull still running has got, every SECONDS (default 10)",
+    )  # fmt: skip
     _budget_flags(serve)
 
     fuse = _command(
@@ -323,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             credentials=_credential_sources(args),
             budget=Budget(args.cache_max_bytes, args.cache_min_free),
             metrics_address=args.metrics_address or "",
+            progress_interval=args.progress_interval,
         )
     )
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import errors, layout, manifest, metrics
+from . import errors, layout, manifest, metrics, progress
 from .authorize import AccessChecks
 from .credentials import Credentials
 from .reference import Reference
@@ -199,7 +199,8 @@ def _ensure_tree(
         layers = layout.layers_of(image)
         start = time.monotonic()
         builder = layout.TreeBuilder(store.root, layers, cfg.limits)
-        _ensure_layers(store, client, ref, layers, cfg.limits, builder.fetched)
+        with progress.tracking(str(ref), digest, sum(layer.size for layer in layers)) as tracked:
+            _ensure_layers(store, client, ref, layers, cfg.limits, builder.fetched, tracked)
         log.debug(
             "pulled %s: %d layers, %d bytes in %.2f s",
             _where(ref, digest), len(layers), sum(layer.size for layer in layers), time.monotonic() - start,
@@ -217,8 +218,10 @@ def _ensure_layers(
     layers: list[layout.Layer],
     limits: layout.Limits,
     fetched: Callable[[int], None],
+    tracked: progress.Pull,
 ) -> None:
-    """Fetch the layers concurrently, calling ``fetched(index)`` in this thread as each is stored.
+    """Fetch the layers concurrently, calling ``fetched(index)`` in this thread as each is stored,
+    and counting their bytes in ``tracked``.
 
     Each download overlaps another's hashing and inflating, and (through ``fetched``) the
     reading and placing of the layers already stored; on two cores a multi-layer image is
@@ -226,11 +229,13 @@ def _ensure_layers(
     are cancelled.
     """
     if len(layers) == 1:
-        _ensure_layer(store, client, ref, layers[0], limits)
+        _ensure_layer(store, client, ref, layers[0], limits, tracked)
         fetched(0)
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(layers), LAYER_WORKERS)) as pool:
-        futures = {pool.submit(_ensure_layer, store, client, ref, layer, limits): i for i, layer in enumerate(layers)}
+        futures = {
+            pool.submit(_ensure_layer, store, client, ref, layer, limits, tracked): i for i, layer in enumerate(layers)
+        }
         try:
             for future in concurrent.futures.as_completed(futures):
                 future.result()
@@ -241,16 +246,19 @@ def _ensure_layers(
             raise
 
 
-def _ensure_layer(store: Store, client: RegistryClient, ref: Reference, layer: layout.Layer, limits: layout.Limits) -> None:
+def _ensure_layer(
+    store: Store, client: RegistryClient, ref: Reference, layer: layout.Layer, limits: layout.Limits, tracked: progress.Pull
+) -> None:
     compression = layout.compression(layer.media_type) if layout.may_unpack(layer) else None
     with store.single_flight(layer.digest):
         if store.has_blob(layer.digest) and (not compression or store.has_blob(layer.digest, decoded=True)):
             metrics.BLOBS.labels("cache").inc()
+            tracked.skip(layer.size)
             return
         with client.open_blob(ref, layer.digest) as chunks:
             store.put_blob(
                 layer.digest,
-                chunks,
+                tracked.counted(chunks),
                 expected_size=layer.size,
                 compression=compression or None,
                 max_decoded_bytes=limits.max_unpacked_bytes,

@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import descriptor_pb2  # noqa: F401
 from google.protobuf import text_format
 
-from . import errors, hosts, logs, metrics
+from . import errors, hosts, logs, metrics, progress
 from ._pb import csi_pb2_grpc
 from .cache import Budget, cache_bytes, keep_within_budget
 from .credentials import CredentialSources, Keyring
@@ -77,8 +77,8 @@ def request_fields(request) -> dict[str, str]:  # type: ignore[no-untyped-def]
 class ErrorInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None or handler.unary_unary is None or handler_call_details.method == progress.METHOD:
+            return handler  # progress is asked every second while a publish waits: not a line each time
         method = handler_call_details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
 
@@ -122,6 +122,7 @@ class ServeOptions:
     credentials: CredentialSources = field(default_factory=CredentialSources)
     budget: Budget = field(default_factory=Budget)
     metrics_address: str = ""
+    progress_interval: float = 10.0  # seconds between the log lines of a pull still running
     workers: int = 16
 
 
@@ -152,6 +153,7 @@ def serve(opts: ServeOptions) -> int:
     reconcile(publications, view)
     hosts.ssl_context(hosts.TLS())  # the node's trust store takes ~20 ms: now, not in the first pod's pull
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
+    server.add_generic_rpc_handlers((progress.rpc_handler(),))
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
     node = NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials))
     csi_pb2_grpc.add_NodeServicer_to_server(node, server)
@@ -180,6 +182,7 @@ def serve(opts: ServeOptions) -> int:
         except OSError as exc:  # the port is taken, or the host is not this node's
             raise SystemExit(f"oci-volume-csi serve: --metrics-address {opts.metrics_address}: {exc.strerror}") from None
 
+    threading.Thread(target=progress.log_progress, args=(stop, opts.progress_interval), name="progress", daemon=True).start()
     collector = (store, in_use, opts.budget, stop, node.content_added)
     threading.Thread(target=keep_within_budget, args=collector, name="cache-gc", daemon=True).start()
     stop.wait()

@@ -8,8 +8,11 @@ the server saw (headers included).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,3 +99,34 @@ def serve_stub(address: str = "127.0.0.1", tls: KeyPair | None = None) -> Iterat
     finally:
         server.shutdown()
         server.server_close()
+
+
+def slow_image(fake: FakeRegistry, repository: str, layer: bytes, seconds: float, pieces: int = 64) -> str:
+    """Script a one-layer image whose layer (a tar, unpacked at the volume root) takes ``seconds`` to
+    arrive, in ``pieces`` even parts: what progress lines are for. Returns its reference."""
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    config = b"{}"
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}],
+    }).encode()  # fmt: skip
+
+    def trickle(request: Seen) -> Answer:
+        def body() -> Iterator[bytes]:
+            step = -(-len(layer) // pieces)
+            for start in range(0, len(layer), step):
+                time.sleep(seconds / pieces)
+                yield layer[start : start + step]
+
+        return (200, {"Content-Length": str(len(layer))}, body())
+
+    found = (200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Docker-Content-Digest": digest(manifest)}, manifest)
+    for method, path in [("HEAD", "v1"), ("GET", "v1"), ("GET", digest(manifest))]:
+        fake.on(method, f"/v2/{repository}/manifests/{path}", found)
+    fake.on("GET", f"/v2/{repository}/blobs/{digest(layer)}", trickle)
+    return f"{fake.host}/{repository}:v1"

@@ -24,7 +24,8 @@ from csi_driver.__main__ import _parser
 from driver import Driver, run_driver, walk
 from kubelet import publish_request as kubelet_publish_request, target_for
 from test_publish import assert_read_only_mount, expected_walk, stalled_registry  # noqa: F401 (a fixture)
-from test_restarts import fuse_pid
+from stub_registry import serve_stub, slow_image
+from test_restarts import big_layer, fuse_pid
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -128,6 +129,28 @@ def test_failures_are_one_line_with_the_code(driver: Driver, registry: str, tmp_
     assert no_state.returncode == 1 and "holds no driver state" in no_state.stderr
 
 
+@pytest.fixture
+def slow_registry() -> Iterator[str]:
+    """A registry serving one 4 MiB image whose layer takes 6 s to arrive."""
+    with serve_stub() as stub:
+        yield slow_image(stub, "slow/big", big_layer(4 << 20, seed=8), seconds=6)
+
+
+PULLING = r"pulling {}: \d+\.\d MiB of 4\.0 MiB \(\d+%\), \d+\.\d [KM]iB/s, \d+ s"
+
+
+def test_publish_shows_the_pulls_bytes_percent_and_rate(slow_registry: str, tmp_path: Path) -> None:
+    host = slow_registry.partition("/")[0]
+    with run_driver(tmp_path / "slow", host, "bind") as d:
+        with concurrent.futures.ThreadPoolExecutor() as pool:  # the same pull: the driver fetches it once
+            piped = pool.submit(cli, "publish", slow_registry, str(tmp_path / "piped"), *endpoint(d))
+            status, stdout, shown = on_terminal("publish", slow_registry, str(tmp_path / "terminal"), *endpoint(d))
+        assert status == 0 and stdout.startswith(f"published {slow_registry}")
+        assert re.search(PULLING.format(re.escape(slow_registry)), shown), shown
+        [line, *_] = [line for line in piped.result().stderr.splitlines() if line.startswith("pulling")]
+        assert re.fullmatch(PULLING.format(re.escape(slow_registry)), line), line  # no carriage return, no escape
+
+
 def test_publish_waits_with_a_progress_line_on_a_terminal(
     registry: str, stalled_registry: str, tmp_path: Path  # noqa: F811 (a fixture)
 ) -> None:
@@ -140,7 +163,7 @@ def test_publish_waits_with_a_progress_line_on_a_terminal(
         assert status == 1 and stdout == ""
         assert "waiting for the driver… 1 s" in shown
         assert "the driver answered UNAVAILABLE" in shown and stalled_registry in shown
-        assert "UNAVAILABLE" in piped.result().stderr and "waiting" not in piped.result().stderr
+        assert "UNAVAILABLE" in piped.result().stderr and "\r" not in piped.result().stderr
 
 
 def test_unpublish_of_a_kubelet_volume_is_refused_and_forced_it_stays_gone_after_a_restart(
@@ -268,8 +291,15 @@ def test_describe_shows_a_progress_line_on_a_terminal(stalled_registry: str) -> 
         "describe", reference, "--insecure-registry", stalled_registry, "--registry-timeout", "2"
     )
     assert status == 1 and stdout == ""
-    assert f"pulling {reference}: 0 B 1 s" in shown
+    assert f"pulling {reference}… 1 s" in shown
     assert "oci-volume-csi describe: UNAVAILABLE: " in shown and stalled_registry in shown
+
+
+def test_describe_shows_the_pulls_bytes_percent_and_rate(slow_registry: str) -> None:
+    host = slow_registry.partition("/")[0]
+    status, stdout, shown = on_terminal("describe", slow_registry, "--insecure-registry", host)
+    assert status == 0 and "the volume holds 4 files (4.0 MiB)" in stdout
+    assert re.search(PULLING.format(re.escape(slow_registry)), shown), shown
 
 
 COMMANDS = [["serve"], ["fuse"], ["publish"], ["unpublish"], ["inspect"], ["describe"], ["cache"], ["cache", "ls"],
@@ -326,6 +356,7 @@ BAD_VALUES = [
     (["serve", *NODE, "--cache-min-free", "ten%"], "--cache-min-free: 'ten%'"),
     (["serve", *NODE, "--metrics-address", "9810"], "--metrics-address: '9810'"),
     (["serve", *NODE, "--metrics-address", ":99999"], "--metrics-address: ':99999'"),
+    (["serve", *NODE, "--progress-interval", "0"], "--progress-interval: '0'"),
     (["serve", *NODE, "--image-credential-provider-config", "/etc/k/c.yaml"], "go together"),
     (["serve", *NODE, "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["fuse", "--state-dir", "/etc/hostname"], "--state-dir: '/etc/hostname'"),

@@ -109,3 +109,23 @@ def test_info_logs_one_compact_line_per_rpc(registry: str, tmp_path: Path, kubel
     [unpublish] = [line for line in output.splitlines() if "NodeUnpublishVolume" in line]
     assert re.search(rf"NodeUnpublishVolume volume_id={request.volume_id} -> OK \(\d+\.\d ms\)$", unpublish)
     assert "volume_context" not in output and "target_path" not in output
+
+
+def test_serve_logs_progress_at_info_for_a_pull_still_running(tmp_path: Path, kubelet_root: Path) -> None:
+    from stub_registry import serve_stub, slow_image
+    from test_restarts import big_layer
+
+    layer = big_layer(4 << 20, seed=9)
+    with serve_stub() as stub:
+        reference = slow_image(stub, "slow/logged", layer, seconds=3)
+        flags = ["--progress-interval", "0.5", "--log-format", "json"]
+        with run_driver(tmp_path, stub.host, "bind", flags) as d:
+            d.publish(publish_request(target_for(kubelet_root, "pod-1", "p"), {"reference": reference}))
+    lines = [json.loads(line) for line in d.log.read_text().splitlines() if line.strip()]
+    progress = [line for line in lines if line["msg"].startswith(f"pulling {reference} (sha256:")]
+    assert len(progress) >= 3, progress
+    assert all(line["level"] == "info" and line["total_bytes"] == len(layer) for line in progress)
+    assert all(line["reference"] == reference and line["digest"].startswith("sha256:") for line in progress)
+    done = [line["done_bytes"] for line in progress]
+    assert done == sorted(done) and done[-1] > 0
+    assert re.search(r": \d+\.\d MiB of 4\.0 MiB \(\d+%\), \d+\.\d [KM]iB/s, \d+ s$", progress[-1]["msg"])

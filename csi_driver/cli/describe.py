@@ -25,13 +25,14 @@ from typing import Any
 from .. import errors, layout, manifest
 from ..authorize import AccessChecks
 from ..credentials import Credentials, CredentialSources, Keyring
+from ..progress import in_flight
 from ..pull import PullConfig, pull
 from ..reference import Reference, parse_reference
 from ..registry import RegistryClient
 from ..store import Store, blob_relpath
 from ..tree import Entry, Kind
 from ..units import size
-from .output import emit, fields, plural, progress, short, table
+from .output import emit, fields, plural, progress, pulling, short, table
 
 KINDS = {
     "application/vnd.oci.image.index.v1+json": "OCI image index",
@@ -50,7 +51,7 @@ def describe(args: argparse.Namespace, cfg: PullConfig, sources: CredentialSourc
     credentials = Keyring(sources).for_pod({}, ref)
     with tempfile.TemporaryDirectory(prefix="oci-volume-csi-describe-") as tmp:
         store = Store(Path(tmp))
-        with progress(lambda: f"pulling {ref}: {size(_fetched(store.root))}"):
+        with progress(lambda elapsed: pulling(str(ref), in_flight(), elapsed, f"pulling {ref}…")):
             top = RegistryClient(cfg.registry, credentials).resolve(ref)
             digest, error = _pull(store, dataclasses.replace(ref, digest=top), credentials, cfg)
         report = _report(store, ref, top, cfg, digest, error)
@@ -66,15 +67,6 @@ def _pull(
         return pull(store, ref, "IfNotPresent", credentials, cfg, AccessChecks()), None
     except errors.DriverError as exc:
         return None, exc
-
-
-def _fetched(root: Path) -> int:
-    """Blob bytes fetched so far, complete or in flight: what the progress line counts."""
-    total = 0
-    for path in [*(root / "blobs" / "sha256").iterdir(), *(root / "tmp").glob("blob-*")]:
-        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
-            total += path.stat().st_size
-    return total
 
 
 def _placement(store: Store, layer: layout.Layer, limits: layout.Limits) -> tuple[int | None, str]:

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
+from ..progress import text
+
 OUTPUTS = ("table", "json")
 
 
@@ -69,25 +71,30 @@ def short(digest: str) -> str:
 
 
 @contextlib.contextmanager
-def progress(label: Callable[[], str], stream: TextIO | None = None, delay: float = 1.0) -> Iterator[None]:
-    """While the block runs, after ``delay`` seconds, keep one terminal line of ``label()`` and
-    the seconds elapsed, erased when the block ends.
+def progress(
+    label: Callable[[float], str], stream: TextIO | None = None, delay: float = 1.0, every: float = 5.0
+) -> Iterator[None]:
+    """While the block runs, show ``label(seconds elapsed)`` on stderr.
 
-    Only on a terminal: piped or redirected stderr gets nothing, so scripts and logs see no
-    carriage returns. ``label`` is called from another thread, so it must only read.
+    On a terminal: one line kept up to date from ``delay`` seconds on, erased when the block ends.
+    Elsewhere (a pipe, a CI log): a plain line every ``every`` seconds, no carriage returns.
+    ``label`` is called from another thread, so it must only read.
     """
     stream = stream or sys.stderr
-    if not stream.isatty():
-        yield
-        return
+    terminal = stream.isatty()
     done = threading.Event()
     started = time.monotonic()
 
     def show() -> None:
+        if not terminal:
+            while not done.wait(every):
+                stream.write(label(time.monotonic() - started) + "\n")
+                stream.flush()
+            return
         if done.wait(delay):
             return
         while True:
-            stream.write(f"\r\033[K{label()} {time.monotonic() - started:.0f} s")
+            stream.write(f"\r\033[K{label(time.monotonic() - started)}")
             stream.flush()
             if done.wait(0.25):
                 break
@@ -101,3 +108,11 @@ def progress(label: Callable[[], str], stream: TextIO | None = None, delay: floa
     finally:
         done.set()
         thread.join()
+
+
+def pulling(reference: str, pulls: list[dict[str, Any]], elapsed: float, before: str) -> str:
+    """The progress line of a pull of ``reference`` (``progress.in_flight``'s entries for it): bytes of
+    the total, percent and rate once its layers are coming, ``before`` until then."""
+    if not pulls:
+        return f"{before} {elapsed:.0f} s"
+    return f"pulling {reference}: {text(pulls[0])}, {elapsed:.0f} s"

@@ -22,8 +22,10 @@ import grpc
 
 from .. import errors, mounts
 from .._pb import csi_pb2, csi_pb2_grpc
+from ..progress import ask
+from ..reference import parse_reference
 from ..server import socket_path
-from .output import emit, fields, progress
+from .output import emit, fields, progress, pulling
 from .state import open_state
 
 
@@ -81,7 +83,7 @@ def publish(args: argparse.Namespace) -> int:
         attributes["platform"] = args.platform
     pod = {"namespace": args.pod[0], "pod_name": args.pod[1]} if args.pod else {}
     request = publish_request(target, attributes, **pod)
-    _call(args.endpoint, args.timeout, "NodePublishVolume", request)
+    _call(args.endpoint, args.timeout, "NodePublishVolume", request, str(parse_reference(args.reference)))
     result = {"volume_id": request.volume_id, "target": target, "reference": args.reference}
     emit(args.output, result, lambda r: f"published {r['reference']} at {r['target']}\n" + _volume_id_line(r))
     return 0
@@ -126,8 +128,9 @@ def _volume_id_line(result: dict[str, str]) -> str:
     return fields([("volume id", result["volume_id"])])
 
 
-def _call(endpoint: str, timeout: float, method: str, request: object) -> None:
-    """Send one Node RPC and wait for it, with a progress line: a publish may pull for minutes.
+def _call(endpoint: str, timeout: float, method: str, request: object, reference: str = "") -> None:
+    """Send one Node RPC and wait for it, with a progress line: a publish may pull for minutes,
+    and the driver says how far its pull of ``reference`` has got.
 
     A missing socket or a driver that does not answer fails at once with what to check,
     not after the RPC's whole timeout.
@@ -145,5 +148,10 @@ def _call(endpoint: str, timeout: float, method: str, request: object) -> None:
                 f"the driver at {path} does not answer: is `oci-volume-csi serve` running?"
             ) from None
         call = getattr(csi_pb2_grpc.NodeStub(channel), method).future(request, timeout=timeout)
-        with progress(lambda: "waiting for the driver…"):
+
+        def label(elapsed: float) -> str:
+            pulls = [p for p in ask(channel) if reference and p["reference"] == reference]
+            return pulling(reference, pulls, elapsed, "waiting for the driver…")
+
+        with progress(label):
             call.result()
