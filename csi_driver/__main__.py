@@ -104,19 +104,19 @@ def _pull_flags(parser: argparse.ArgumentParser) -> None:
         "--docker-config",
         action="append",
         default=[],
-        type=Path,
+        type=flags.file,
         metavar="PATH",
         help="node docker config.json whose auths are used after the pod's secret (repeatable, in order; "
         "default /var/lib/kubelet/config.json, then $HOME/.docker/config.json)",
     )
     parser.add_argument(
         "--image-credential-provider-config",
-        type=Path,
+        type=flags.file,
         metavar="FILE",
         help="the kubelet's CredentialProviderConfig (YAML or JSON); needs --image-credential-provider-bin-dir",
     )
     parser.add_argument(
-        "--image-credential-provider-bin-dir", type=Path, metavar="DIR", help="where the credential provider plugins are"
+        "--image-credential-provider-bin-dir", type=flags.directory, metavar="DIR", help="where the credential provider plugins are"
     )
     parser.add_argument(
         "--platform", type=flags.platform, metavar="OS/ARCH[/VARIANT]",
@@ -356,10 +356,13 @@ def _credential_sources(args: argparse.Namespace) -> CredentialSources:
     """The CredentialSources of the ``_pull_flags``."""
     from .credentials import CredentialSources, default_docker_configs
 
+    def path(text: str | None) -> Path | None:
+        return None if text is None else Path(text)
+
     return CredentialSources(
-        docker_configs=tuple(args.docker_config) or default_docker_configs(),
-        provider_config=args.image_credential_provider_config,
-        provider_bin_dir=args.image_credential_provider_bin_dir,
+        docker_configs=tuple(Path(p) for p in args.docker_config) or default_docker_configs(),
+        provider_config=path(args.image_credential_provider_config),
+        provider_bin_dir=path(args.image_credential_provider_bin_dir),
     )
 
 

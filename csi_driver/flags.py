@@ -169,3 +169,10 @@ def directory(text: str) -> str:
     if os.path.exists(text) and not os.path.isdir(text):
         raise ArgumentTypeError(f"{text!r} is not a directory")
     return text
+
+
+def file(text: str) -> str:
+    """A file, or a path where one may appear: not a directory."""
+    if os.path.isdir(text):
+        raise ArgumentTypeError(f"{text!r} is a directory, not a file")
+    return text
