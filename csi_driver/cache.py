@@ -36,7 +36,7 @@ IN_USE, RECENT = "in use", "recently used"
 
 @dataclass(frozen=True)
 class Tree:
-    """A tree the collector looked at: what it freed when removed, or why it was kept."""
+    """A tree the collector looked at, and removed, or kept for ``reason``."""
 
     digest: str
     last_used: float

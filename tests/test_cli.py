@@ -23,8 +23,8 @@ from csi_driver import mounts
 from csi_driver.__main__ import _parser
 from driver import Driver, run_driver, walk
 from kubelet import publish_request as kubelet_publish_request, target_for
-from test_publish import assert_read_only_mount, expected_walk, stalled_registry  # noqa: F401 (a fixture)
 from stub_registry import serve_stub, slow_image
+from test_publish import assert_read_only_mount, expected_walk, stalled_registry  # noqa: F401 (a fixture)
 from test_restarts import big_layer, fuse_pid
 
 
@@ -315,7 +315,7 @@ def test_help_at_every_level_describes_the_command_for_an_admin(command: list[st
     for internal in ("csi_driver", ".py", "DESIGN", "``"):
         assert internal not in shown
     assert "--log-format {text,json}" in shown
-    if command in ([["publish"], ["unpublish"], ["inspect"], ["describe"], ["cache", "ls"], ["cache", "gc"]]):
+    if command in [["publish"], ["unpublish"], ["inspect"], ["describe"], ["cache", "ls"], ["cache", "gc"]]:
         assert "--output {table,json}" in shown
 
 
@@ -390,12 +390,14 @@ BAD_VALUES = [
 ]
 
 
+COMMAND_WORDS = {"serve", "fuse", "cache", "gc", "ls", "publish", "unpublish", "inspect", "describe", "convert"}
+
+
 @pytest.mark.parametrize(("argv", "named"), BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_a_bad_flag_value_is_a_one_line_usage_error(argv: list[str], named: str) -> None:
     result = cli(*argv, check=False)
     assert (result.returncode, result.stdout) == (2, "")
-    command = " ".join(["oci-volume-csi", *(a for a in argv[:2] if a in ("serve", "fuse", "cache", "gc", "ls",
-                        "publish", "unpublish", "inspect", "describe", "convert"))])  # fmt: skip
+    command = " ".join(["oci-volume-csi", *(word for word in argv[:2] if word in COMMAND_WORDS)])
     [line] = result.stderr.splitlines()
     assert line.startswith(f"{command}: ") and named in line, line
     assert line.endswith(f"(see {command} --help)")

@@ -112,8 +112,9 @@ def unpublish(args: argparse.Namespace) -> int:
                 "mounted; --force unmounts it anyway"
             )
         if vol_id != volume_id(target):
+            pod = f"pod {pub.pod_namespace}/{pub.pod_name}" if pub.pod_name else "a pod"
             raise errors.FailedPrecondition(
-                f"{target} is the volume of pod {pub.pod_namespace}/{pub.pod_name} (volume id {vol_id}), "
+                f"{target} is the volume of {pod} (volume id {vol_id}), "
                 "published by the kubelet: delete the pod and the kubelet unpublishes it; "
                 "--force unmounts it now and drops its record"
             )
