@@ -1,6 +1,6 @@
 """The EROFS metadata image writer and file-backed mounts (issue 20), run by hand as root.
 
-``writer``: ``erofs.build`` of synthetic trees of 12,000 and 100,000 entries (40 entries a
+``writer``: ``erofsimage.build`` of synthetic trees of 12,000 and 100,000 entries (40 entries a
 directory, one in ten a symlink, the rest files of one tar), best of 3, in microseconds per entry
 (the issue's target: 15 or less).
 
@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csi_driver import erofs, erofsmount, mounts  # noqa: E402
-from csi_driver.tree import ROOT, Entry, Kind  # noqa: E402
+from csi_driver.layout.tree import ROOT, Entry, Kind  # noqa: E402
+from csi_driver.mounts import kernel  # noqa: E402
+from csi_driver.views import erofsimage, erofsmount
 
 TAR = "layers/sha256/" + "0" * 64 + ".tar"
 
@@ -51,9 +52,9 @@ def synthetic_tree(count: int) -> tuple[list[Entry], int]:
 def writer() -> None:
     for count in (12_000, 100_000):
         entries, size = synthetic_tree(count)
-        devices = [erofs.Device(TAR, size)]
-        best = min(_timed(lambda: erofs.build(entries, devices, _no_read)) for _ in range(3))
-        image = erofs.build(entries, devices, _no_read)
+        devices = [erofsimage.Device(TAR, size)]
+        best = min(_timed(lambda: erofsimage.build(entries, devices, _no_read)) for _ in range(3))
+        image = erofsimage.build(entries, devices, _no_read)
         print(f"writer: {count} entries in {best * 1e3:.0f} ms, {best / count * 1e6:.1f} us/entry, image {len(image) / 2**20:.1f} MiB")
 
 
@@ -104,7 +105,7 @@ def reads(workdir: Path) -> None:
         out.write(bytes(1024))
     entries = [ROOT, Entry("big", Kind.FILE, 0o644, size=size, source="layer.tar", offset=512)]
     image = workdir / "image.erofs"
-    erofs.write(image, entries, [erofs.Device("layer.tar", tar.stat().st_size)], erofs.reader(workdir))
+    erofsimage.write(image, entries, [erofsimage.Device("layer.tar", tar.stat().st_size)], erofsimage.reader(workdir))
     target = workdir / "mnt"
     target.mkdir()
     for label in ("tar directly", "erofs buffered", "erofs directio"):
@@ -121,7 +122,7 @@ def reads(workdir: Path) -> None:
                 warm = _read_mib_s(tar if label == "tar directly" else target / "big")
             finally:
                 if label != "tar directly":
-                    mounts.unmount(os.fspath(target))
+                    kernel.unmount(os.fspath(target))
         print(f"reads: {label}: cold {min(rates):.0f}-{max(rates):.0f} MiB/s, warm {warm:.0f} MiB/s, "
               f"page cache +{'/'.join(map(str, grown))} MiB, of it the tar's {'/'.join(map(str, resident))} MiB")  # fmt: skip
 

@@ -71,8 +71,8 @@ import bench_compare  # noqa: E402
 import bench_image  # noqa: E402
 import bench_publish as bench  # noqa: E402  (puts the repo and tests/ on sys.path)
 from artifacts import Pushed, push_image, push_klaus  # noqa: E402
-from csi_driver import mounts  # noqa: E402
 from csi_driver._pb import csi_pb2  # noqa: E402
+from csi_driver.mounts import kernel  # noqa: E402
 from driver import Driver, run_driver  # noqa: E402
 from kubelet import publish_request, target_for, unpublish_request  # noqa: E402
 from registry_server import access_log, blob_fetches, run_registry  # noqa: E402
@@ -101,7 +101,7 @@ def volume(kubelet: Path, prefix: str, i: int, reference: str) -> Request:
 
 def mounts_under(root: Path) -> int:
     prefix = str(root) + "/"
-    return sum(info.mount_point.startswith(prefix) for info in mounts.mount_table())
+    return sum(info.mount_point.startswith(prefix) for info in kernel.mount_table())
 
 
 def view_pid(driver: Driver, mode: str) -> int | None:

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from . import DEFAULT_DRIVER_NAME, DEFAULT_STATE_DIR, __version__, flags, logs
-from .spec import PULL_POLICIES
+from csi_driver import DEFAULT_DRIVER_NAME, DEFAULT_STATE_DIR, __version__, logs
+from csi_driver.cli import flags
+from csi_driver.csi.spec import PULL_POLICIES
 
 if TYPE_CHECKING:
-    from .credentials import CredentialSources
-    from .pull import PullConfig
+    from csi_driver.content.pull import PullConfig
+    from csi_driver.registry.credentials import CredentialSources
 
 
 DESCRIPTION = """\
@@ -300,21 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     human = hasattr(args, "handler")
     logs.configure("DEBUG" if args.verbose else args.log_level or ("WARNING" if human else "INFO"), args.log_format)
     if args.command == "fuse":
-        from . import fusefs
+        from csi_driver.views import fusefs
 
         os.makedirs(args.state_dir, exist_ok=True)  # as serve does: the fuse container may start first
         fusefs.run(Path(args.state_dir))
         return 0
     if args.command == "convert":
-        from . import convert
+        from csi_driver import convert
 
         return convert.run(args.file, check=args.check, driver=args.driver_name)
     if human:
-        from . import cli
+        from csi_driver import cli
 
         return cli.run(args, *((_pull_config(args), _credential_sources(args)) if args.command == "describe" else ()))
-    from .cache import Budget
-    from .server import ServeOptions, serve
+    from csi_driver.content.cache import Budget
+    from csi_driver.csi.server import ServeOptions, serve
 
     return serve(
         ServeOptions(
@@ -334,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pull_config(args: argparse.Namespace) -> PullConfig:
     """The PullConfig of the ``_pull_flags``."""
-    from . import layout, manifest
-    from .pull import PullConfig
-    from .registry import RegistryConfig
+    from csi_driver.content.pull import PullConfig
+    from csi_driver.layout import rules, manifest
+    from csi_driver.registry.client import RegistryConfig
 
     return PullConfig(
         registry=RegistryConfig(
@@ -347,14 +348,14 @@ def _pull_config(args: argparse.Namespace) -> PullConfig:
             config_dir=Path(args.registry_config_dir),
         ),
         platform=args.platform or manifest.node_platform(),
-        limits=layout.Limits(max_entries=args.max_entries, max_unpacked_bytes=args.max_unpacked_bytes),
+        limits=rules.Limits(max_entries=args.max_entries, max_unpacked_bytes=args.max_unpacked_bytes),
         max_layers=args.max_layers,
     )
 
 
 def _credential_sources(args: argparse.Namespace) -> CredentialSources:
     """The CredentialSources of the ``_pull_flags``."""
-    from .credentials import CredentialSources, default_docker_configs
+    from csi_driver.registry.credentials import CredentialSources, default_docker_configs
 
     def path(text: str | None) -> Path | None:
         return None if text is None else Path(text)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from .units import size
+from csi_driver.units import size
 
 METHOD = "/oci_volume_csi.v1.Progress/Pulls"
 log = logging.getLogger("oci-volume-csi")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from csi_driver import mounts
 from csi_driver._pb import csi_pb2, csi_pb2_grpc
+from csi_driver.mounts import kernel
 from processes import stop
 
 
@@ -49,10 +49,10 @@ def _wait_for_socket(socket: Path, process: subprocess.Popen, log: Path) -> None
 def cleanup_mounts_under(root: Path) -> None:
     """Detach every mount below ``root`` (deepest first), views included."""
     prefix = str(root) + "/"
-    for info in sorted(mounts.mount_table(), key=lambda m: m.mount_point, reverse=True):
+    for info in sorted(kernel.mount_table(), key=lambda m: m.mount_point, reverse=True):
         if info.mount_point.startswith(prefix):
             with contextlib.suppress(OSError):
-                mounts._libc.umount2(info.mount_point.encode(), mounts.MNT_DETACH)
+                kernel._libc.umount2(info.mount_point.encode(), kernel.MNT_DETACH)
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ import oras.utils
 import requests
 import zstandard
 
-from csi_driver.manifest import node_platform
+from csi_driver.layout.manifest import node_platform
 
 Walk = dict[str, tuple[str, int, int, int, bytes | str]]
 

@@ -7,7 +7,7 @@ names, symlinks and hardlinks aimed out of the tree or written through, whiteout
 PAX records with NUL bytes, negative or huge sizes, NaN times, base-256 owners, bad checksums,
 truncations and flipped bytes, in one to three layers placed by any of DESIGN's rules.
 
-``check_tree`` states what ``layout.build_tree`` guarantees for whatever it accepts: every
+``check_tree`` states what ``rules.build_tree`` guarantees for whatever it accepts: every
 entry lies inside the tree (a normalised relative path whose every ancestor is a directory of
 the tree, so none is reached through a symlink or a file), every file's bytes lie inside a
 store file, and modes, owners, times and names are what a Linux file system, SQLite and the
@@ -19,10 +19,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from csi_driver import errors, layout
-from csi_driver.layout import TITLE, UNPACK, Layer, Limits
-from csi_driver.store import blob_relpath, decoded_relpath
-from csi_driver.tree import Entry, Kind
+from csi_driver import errors
+from csi_driver.content.store import blob_relpath, decoded_relpath
+from csi_driver.layout import rules
+from csi_driver.layout.rules import TITLE, UNPACK, Layer, Limits
+from csi_driver.layout.tree import Entry, Kind
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 TGZ = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -209,7 +210,7 @@ def layers(seed: int, state: Path) -> list[Layer]:
         blob = state / blob_relpath(digest)
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
-        if layout.compression(media_type):  # the store's inflated copy of a compressed layer
+        if rules.compression(media_type):  # the store's inflated copy of a compressed layer
             decoded = state / decoded_relpath(digest)
             decoded.parent.mkdir(parents=True, exist_ok=True)
             decoded.write_bytes(data)
@@ -257,7 +258,7 @@ def build(state: Path, placed: list[Layer], limits: Limits = LIMITS) -> list[Ent
     """build_tree's answer: the entries (checked), or the DriverError it refused with; any
     other exception propagates, and fails the caller."""
     try:
-        entries = layout.build_tree(state, placed, limits)
+        entries = rules.build_tree(state, placed, limits)
     except errors.DriverError as exc:
         return exc
     check_tree(entries, state, limits)
@@ -269,11 +270,11 @@ def plain_tarfile_only() -> object:
     import contextlib
     from unittest import mock
 
-    if not hasattr(layout, "_plain_header"):
+    if not hasattr(rules, "_plain_header"):
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     for fast in ("_plain_header", "_pax_member"):
-        stack.enter_context(mock.patch.object(layout, fast, lambda *args, **kwargs: None))
+        stack.enter_context(mock.patch.object(rules, fast, lambda *args, **kwargs: None))
     return stack
 
 

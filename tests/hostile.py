@@ -33,7 +33,7 @@ import requests
 import zstandard
 
 from artifacts import PLUGIN_TREE
-from csi_driver import mounts
+from csi_driver.mounts import kernel
 from driver import Driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -243,7 +243,7 @@ class Watch:
             "canary": sorted((p.name, p.lstat().st_mtime_ns, p.lstat().st_size) for p in canary.iterdir()),
             "canary mtime": canary.stat().st_mtime_ns,
             "victim": self.canary.victim.read_bytes(),
-            "mounts": sorted(m.mount_point for m in mounts.mount_table()),
+            "mounts": sorted(m.mount_point for m in kernel.mount_table()),
             "marked": _marked(
                 [Path("/"), Path("/tmp"), Path("/etc"), Path.cwd(), self.state.parent],
                 [self.kubelet_root, *(self.state / sub for sub in ("tmp", "trees") if (self.state / sub).exists())],
@@ -257,7 +257,7 @@ class Watch:
         assert not after["marked"], f"hostile names appeared: {after['marked']}"
         leftovers = list((self.state / "tmp").iterdir())
         assert not leftovers, f"the state dir's tmp/ holds leftovers: {leftovers}"
-        below = [m.mount_point for m in mounts.mount_table() if m.mount_point.startswith(f"{self.kubelet_root}/")]
+        below = [m.mount_point for m in kernel.mount_table() if m.mount_point.startswith(f"{self.kubelet_root}/")]
         assert not below, f"mounts left under the kubelet root: {below}"
 
 
@@ -277,7 +277,7 @@ def expect(driver: Driver, request, code: grpc.StatusCode | None, says: Iterable
     for text in says:
         assert text in details, f"{text!r} not in {details!r}"
     assert "internal driver error" not in details
-    assert not os.path.lexists(request.target_path) or not mounts.find_mount(request.target_path)
+    assert not os.path.lexists(request.target_path) or not kernel.find_mount(request.target_path)
 
 
 def assert_still_serves(driver: Driver, good_reference: str, kubelet_root: Path) -> None:

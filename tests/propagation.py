@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from csi_driver import mounts
+from csi_driver.mounts import kernel
 
 
 @contextmanager
@@ -36,7 +36,7 @@ def shared_dir_with_peer(kubelet: Path, peer: Path) -> Iterator[None]:
 def assert_read_only(target: Path, existing: str) -> None:
     """The mount at ``target`` carries ``ro,nosuid,nodev``; creating a file in it, or opening
     its file ``existing`` for writing, fails with EROFS."""
-    info = mounts.find_mount(str(target))
+    info = kernel.find_mount(str(target))
     assert info is not None, f"nothing is mounted at {target}"
     assert {"ro", "nosuid", "nodev"} <= info.options, info.options
     for write in (lambda: (target / "new").write_text("x"), lambda: open(target / existing, "a").close()):

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 import fixtures_tools as ft
-from csi_driver import mounts
+from csi_driver.mounts import kernel
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 
@@ -48,13 +48,13 @@ def published_tree(driver: Driver, fixture: ft.Fixture, kubelet_root: Path, pod:
     request = publish_request(target, {"reference": fixture.reference})
     driver.publish(request)
     try:
-        info = mounts.find_mount(str(target))
+        info = kernel.find_mount(str(target))
         assert info is not None, f"{target} is not a mount point"
         assert {"ro", "nosuid", "nodev"} <= info.options, info.options
         return walk(target)
     finally:
         driver.unpublish(unpublish_request(request))
-        assert mounts.find_mount(str(target)) is None
+        assert kernel.find_mount(str(target)) is None
         assert not target.exists()
 
 
@@ -404,7 +404,7 @@ def test_unknown_layer_media_type_is_refused(
     err = excinfo.value
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert bad_digest in err.details() and "application/x-unknown" in err.details()
-    assert mounts.find_mount(str(target)) is None
+    assert kernel.find_mount(str(target)) is None
     assert not target.exists()
 
 

@@ -1,4 +1,4 @@
-"""bindview.materialize: the tree on disk is exactly the entries layout produced."""
+"""bind.materialize: the tree on disk is exactly the entries layout produced."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from csi_driver import bindview, errors
-from csi_driver.bindview import materialize, tree_dir
-from csi_driver.layout import TITLE, Layer, Limits, build_tree, compression, depth_first, tar_path
-from csi_driver.store import blob_relpath
-from csi_driver.tree import Entry, Kind
+from csi_driver import errors
+from csi_driver.content.store import blob_relpath
+from csi_driver.layout.rules import TITLE, Layer, Limits, build_tree, compression, depth_first, tar_path
+from csi_driver.layout.tree import Entry, Kind
+from csi_driver.views import bind
+from csi_driver.views.bind import materialize, tree_dir
 
 DIGEST = "sha256:" + "5" * 64
 NOBODY = 65534
@@ -144,7 +145,7 @@ def test_files_get_their_modes_and_owners_whatever_the_umask(
         release._replace(path="sticky", mode=0o1644),
     ]
     entries.sort(key=depth_first)
-    monkeypatch.setattr(bindview, "_umask", lambda: umask)
+    monkeypatch.setattr(bind, "_umask", lambda: umask)
     previous = os.umask(0o022 if umask is None else umask)
     try:
         root = materialize(tmp_path, DIGEST, entries)
@@ -191,14 +192,14 @@ def test_losing_a_race_keeps_the_winners_tree(tmp_path: Path, monkeypatch: pytes
     entries = sample_entries(tmp_path)
     winner = tree_dir(tmp_path, DIGEST)
 
-    build = bindview._Builder.build
+    build = bind._Builder.build
 
-    def other_call_finishes_first(self: bindview._Builder, entries: list[Entry]) -> None:
+    def other_call_finishes_first(self: bind._Builder, entries: list[Entry]) -> None:
         build(self, entries)
         winner.mkdir(parents=True)
         (winner / "marker").write_text("winner")
 
-    monkeypatch.setattr(bindview._Builder, "build", other_call_finishes_first)
+    monkeypatch.setattr(bind._Builder, "build", other_call_finishes_first)
     assert materialize(tmp_path, DIGEST, entries) == winner
     assert (winner / "marker").read_text() == "winner"
     assert os.listdir(tmp_path / "tmp") == []

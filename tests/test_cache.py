@@ -13,9 +13,10 @@ import grpc
 import pytest
 
 from artifacts import PLUGIN_TREE, push_image, push_klaus
-from csi_driver import bindview, mounts
-from csi_driver.cache import cache_bytes
-from csi_driver.store import Store
+from csi_driver.content.cache import cache_bytes
+from csi_driver.content.store import Store
+from csi_driver.mounts import kernel
+from csi_driver.views import bind
 from driver import run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -57,7 +58,7 @@ def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
         assert re.search(rf"^removed +{oldest} ", out, re.MULTILINE) and middle not in out
         assert store.committed_digests() == sorted([middle, in_use])
         assert not store.has_blob(sha256(own[0])) and store.has_blob(sha256(shared))
-        assert not bindview.tree_dir(d.state_dir, oldest).exists()
+        assert not bind.tree_dir(d.state_dir, oldest).exists()
 
         out = cache_gc(d.state_dir, "--cache-max-bytes", "1")
         assert re.search(rf"^removed +{middle} ", out, re.MULTILINE) and "over budget: kept 1 in use" in out
@@ -121,7 +122,7 @@ def test_full_disk_is_resource_exhausted_cleans_up_and_keeps_serving(
             assert "state dir" in excinfo.value.details()
             assert list((state / "tmp").iterdir()) == []
             assert not Store(state).committed(huge.digest)
-            assert mounts.find_mount(failing.target_path) is None
+            assert kernel.find_mount(failing.target_path) is None
             again = publish_request(target_for(kubelet_root, "pod-3", "plugin"), {"reference": plugin.reference})
             d.publish(again)
             assert walk(Path(again.target_path)) == expected_walk(PLUGIN_TREE)

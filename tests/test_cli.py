@@ -19,8 +19,8 @@ import pytest
 
 import fixtures_tools as ft
 from artifacts import PLUGIN_TREE, Pushed, push_klaus
-from csi_driver import mounts
 from csi_driver.__main__ import _parser
+from csi_driver.mounts import kernel
 from driver import Driver, run_driver, walk
 from kubelet import publish_request as kubelet_publish_request, target_for
 from stub_registry import serve_stub, slow_image
@@ -109,7 +109,7 @@ def test_publish_inspect_cache_ls_unpublish_and_gc(driver: Driver, plugin: Pushe
     subprocess.run(["mount", "--bind", "-o", "ro", str(view), str(target)], check=True)
 
     assert "unpublished" in cli("unpublish", str(target), *endpoint(driver), *state(driver)).stdout
-    assert mounts.find_mount(str(target)) is None and not target.exists()
+    assert kernel.find_mount(str(target)) is None and not target.exists()
     assert all(v["target"] != str(target) for v in cli_json("inspect", *state(driver)))
     gc = cli_json("cache", "gc", *state(driver), "--grace", "0", "--cache-max-bytes", "1")
     assert plugin.digest in [t["digest"] for t in gc["removed"]] and gc["freed_bytes"] > 0
@@ -182,16 +182,16 @@ def test_unpublish_of_a_kubelet_volume_is_refused_and_forced_it_stays_gone_after
         [line] = refused.stderr.splitlines()
         assert line.startswith("oci-volume-csi unpublish: FAILED_PRECONDITION: ")
         assert "team-a/agent-7" in line and "delete the pod" in line and "--force" in line
-        assert mounts.is_mount_point(target)
+        assert kernel.is_mount_point(target)
 
         forced = cli_json("unpublish", target, "--force", *endpoint(d), *state(d))
         assert forced == {"volume_id": request.volume_id, "target": target, "forced": True}
-        assert not mounts.is_mount_point(target)
+        assert not kernel.is_mount_point(target)
         assert cli_json("inspect", *state(d)) == []
         state_dir = d.state_dir
     with run_driver(tmp_path / "first", registry, "bind") as d:  # the same state dir: nothing to re-bind
         assert d.state_dir == state_dir
-        assert not mounts.is_mount_point(target) and cli_json("inspect", *state(d)) == []
+        assert not kernel.is_mount_point(target) and cli_json("inspect", *state(d)) == []
         gc = cli_json("cache", "gc", *state(d), "--grace", "0", "--cache-max-bytes", "1")
         assert [t["digest"] for t in gc["removed"]] == [plugin.digest]
 
@@ -205,7 +205,7 @@ def test_unpublish_refuses_what_was_never_published_there(driver: Driver, tmp_pa
     try:
         refused = cli("unpublish", str(foreign), *endpoint(driver), *state(driver), check=False)
         assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr and "--force" in refused.stderr
-        assert mounts.is_mount_point(str(foreign))
+        assert kernel.is_mount_point(str(foreign))
     finally:
         subprocess.run(["umount", "-l", str(foreign)], check=False)
 

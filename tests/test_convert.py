@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csi_driver import DEFAULT_DRIVER_NAME, spec
+from csi_driver import DEFAULT_DRIVER_NAME
 from csi_driver.convert import SECRET_COMMENT, convert, pod_specs, split_documents
+from csi_driver.csi import spec
 from kubelet import publish_request
 from manifests import KUBERNETES_VERSIONS, documents, validate
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from csi_driver import errors
-from csi_driver.credentialprovider import load_config, parse_duration, run_plugin
-from csi_driver.credentials import CredentialSources, Keyring
 from csi_driver.reference import Reference, parse_reference
+from csi_driver.registry.credentialprovider import load_config, parse_duration, run_plugin
+from csi_driver.registry.credentials import CredentialSources, Keyring
 
 PLUGIN = f"""#!{sys.executable}
 import json, os, sys, time

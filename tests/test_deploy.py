@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csi_driver import DEFAULT_DRIVER_NAME, mounts
+from csi_driver import DEFAULT_DRIVER_NAME
 from csi_driver.__main__ import _parser
-from csi_driver.views import FUSE_FS_TYPE
+from csi_driver.mounts import kernel
+from csi_driver.views.choose import FUSE_FS_TYPE
 from manifests import (
     DEPLOY,
     KUBERNETES_VERSIONS,
@@ -234,14 +235,14 @@ def test_fuse_container_starts_first_and_holds_the_others_until_its_view_is_up(t
     )
     try:
         assert subprocess.run(hook, timeout=60).returncode == 0, "the hook did not see the view come up"
-        assert mounts.find_mount(str(tmp_path / "view")) is not None
+        assert kernel.find_mount(str(tmp_path / "view")) is not None
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while mounts.find_mount(str(tmp_path / "view")) is not None and time.monotonic() < deadline:
+    while kernel.find_mount(str(tmp_path / "view")) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert mounts.find_mount(str(tmp_path / "view")) is None
+    assert kernel.find_mount(str(tmp_path / "view")) is None
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -1,7 +1,7 @@
 """EROFS images mounted by the kernel: the whole tree compared with the tars it came from.
 
 Real tars (Python's tarfile) in a state dir laid out as the store keeps them, entries from
-``layout.build_tree`` as the driver builds them, the image from ``erofs.write``, mounted
+``layout.build_tree`` as the driver builds them, the image from ``erofsimage.write``, mounted
 file-backed with the layer tars as its extra devices by ``erofsmount.mount``. No ``fsck.erofs``
 that reads 512-byte blocks is packaged for Debian bookworm (erofs-utils 1.5 refuses them): the
 kernel's mount and a comparison of every byte, mode, owner, mtime, link count and name is the
@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 from test_layout import OCI_TAR, directory, file, hardlink, link, put_blob, put_tar, tar_bytes
 
-from csi_driver import erofs, erofsmount, mounts
-from csi_driver.layout import Limits, build_tree
-from csi_driver.tree import ROOT, Entry, Kind
+from csi_driver.layout.rules import Limits, build_tree
+from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.mounts import kernel
+from csi_driver.views import erofsimage, erofsmount
 
 
-def devices(state: Path, entries: Sequence[Entry]) -> list[erofs.Device]:
-    return [erofs.Device(source, (state / source).stat().st_size) for source in erofs.sources(entries)]
+def devices(state: Path, entries: Sequence[Entry]) -> list[erofsimage.Device]:
+    return [erofsimage.Device(source, (state / source).stat().st_size) for source in erofsimage.sources(entries)]
 
 
 @contextlib.contextmanager
@@ -35,14 +36,14 @@ def mounted(state: Path, entries: Sequence[Entry], direct_io: bool = False) -> I
     """The image of ``entries`` mounted, its devices being the store files they read from."""
     table = devices(state, entries)
     image = state / "image.erofs"
-    erofs.write(image, entries, table, erofs.reader(state))
+    erofsimage.write(image, entries, table, erofsimage.reader(state))
     target = state / "mnt"
     target.mkdir(exist_ok=True)
     erofsmount.mount(image, [state / device.source for device in table], target, direct_io=direct_io)
     try:
         yield target
     finally:
-        mounts.unmount(os.fspath(target))
+        kernel.unmount(os.fspath(target))
 
 
 _TYPES = {Kind.DIR: stat.S_IFDIR, Kind.FILE: stat.S_IFREG, Kind.SYMLINK: stat.S_IFLNK}
@@ -159,7 +160,7 @@ def test_layers_are_devices_and_later_layers_win(tmp_path: Path) -> None:
     lower = put_tar(tmp_path, [file("a", b"lower a"), file("b", b"lower b"), directory("gone"), file("gone/x", b"x")], OCI_TAR)
     upper = put_tar(tmp_path, [file("a", b"upper a, longer"), file(".wh.gone"), file("c", b"upper c")], OCI_TAR)
     entries = build_tree(tmp_path, [lower, upper], Limits())
-    assert len(erofs.sources(entries)) == 2
+    assert len(erofsimage.sources(entries)) == 2
     with mounted(tmp_path, entries) as root:
         assert_same_tree(tmp_path, entries, root)
         assert (root / "a").read_bytes() == b"upper a, longer" and (root / "b").read_bytes() == b"lower b"
@@ -230,8 +231,8 @@ def test_many_layers_with_long_paths(tmp_path: Path) -> None:
     state.mkdir(parents=True)
     layers = [put_tar(state, [file(f"layer{i:03d}", f"layer {i}".encode() * (i + 1))], OCI_TAR) for i in range(128)]
     entries = build_tree(state, layers, Limits())
-    assert len(erofs.sources(entries)) == 128
-    assert len(os.fsencode(state / erofs.sources(entries)[0])) > 255
+    assert len(erofsimage.sources(entries)) == 128
+    assert len(os.fsencode(state / erofsimage.sources(entries)[0])) > 255
     with mounted(state, entries) as root:
         assert_same_tree(state, entries, root)
 
@@ -252,7 +253,7 @@ def test_five_thousand_devices(tmp_path: Path) -> None:
 def test_mount_is_read_only_nosuid_nodev_and_names_its_image(tmp_path: Path) -> None:
     layer = put_tar(tmp_path, [file("a", b"a")], OCI_TAR)
     with mounted(tmp_path, build_tree(tmp_path, [layer], Limits())) as root:
-        info = mounts.find_mount(os.fspath(root))
+        info = kernel.find_mount(os.fspath(root))
         assert info is not None and info.fs_type == "erofs"
         assert info.source == os.fspath(tmp_path / "image.erofs")
         assert {"ro", "nosuid", "nodev"} <= info.options
@@ -283,19 +284,19 @@ def test_a_device_count_other_than_the_images_is_refused(tmp_path: Path) -> None
     entries = build_tree(tmp_path, [layer], Limits())
     table = devices(tmp_path, entries)
     image = tmp_path / "image.erofs"
-    erofs.write(image, entries, table, erofs.reader(tmp_path))
+    erofsimage.write(image, entries, table, erofsimage.reader(tmp_path))
     target = tmp_path / "mnt"
     target.mkdir()
     device = tmp_path / table[0].source
     for given in ([], [device, device]):
         with pytest.raises(ValueError, match=f"names 1 devices, {len(given)} were given"):
             erofsmount.mount(image, given, target)
-        assert not mounts.is_mount_point(os.fspath(target))
+        assert not kernel.is_mount_point(os.fspath(target))
 
 
 def test_kernel_refusal_carries_its_message(tmp_path: Path) -> None:
     image = tmp_path / "image.erofs"
-    erofs.write(image, [ROOT], [], erofs.reader(tmp_path))
+    erofsimage.write(image, [ROOT], [], erofsimage.reader(tmp_path))
     raw = bytearray(image.read_bytes())
     raw[1024 + 12] = 8  # blkszbits below 9
     image.write_bytes(bytes(raw))
@@ -303,14 +304,14 @@ def test_kernel_refusal_carries_its_message(tmp_path: Path) -> None:
     target.mkdir()
     with pytest.raises(OSError, match="mounting"):
         erofsmount.mount(image, [], target)
-    assert not mounts.is_mount_point(os.fspath(target))
+    assert not kernel.is_mount_point(os.fspath(target))
 
 
 def test_probe_mounts_a_tiny_image_and_leaves_nothing(tmp_path: Path) -> None:
     ok, why = erofsmount.probe(tmp_path)
     assert ok, why
     assert list((tmp_path / "tmp").iterdir()) == []
-    assert not any(info.fs_type == "erofs" and info.mount_point.startswith(os.fspath(tmp_path)) for info in mounts.mount_table())
+    assert not any(info.fs_type == "erofs" and info.mount_point.startswith(os.fspath(tmp_path)) for info in kernel.mount_table())
 
 
 def test_probe_says_why_it_failed(tmp_path: Path) -> None:

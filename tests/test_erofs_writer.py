@@ -1,4 +1,4 @@
-"""erofs.build: the on-disk format, field by field, read back with ``struct`` at the offsets
+"""erofsimage.build: the on-disk format, field by field, read back with ``struct`` at the offsets
 ``fs/erofs/erofs_fs.h`` documents.
 
 No ``fsck.erofs`` that reads 512-byte blocks is packaged for Debian bookworm (erofs-utils 1.5
@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from csi_driver import erofs
-from csi_driver.tree import ROOT, Entry, Kind
+from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.views import erofsimage
 
 DEV = "layers/sha256/" + "ab" * 32 + ".tar"
 
@@ -49,10 +49,10 @@ class Image:
         inode = self.inode(nid)
         layout, size = inode["format"] >> 1 & 7, inode["size"]
         assert inode["format"] & 1 == 1, "extended inodes only"
-        if layout == erofs.FLAT_PLAIN:
+        if layout == erofsimage.FLAT_PLAIN:
             start = inode["u"] * 512
             return self.raw[start : start + size]
-        assert layout == erofs.FLAT_INLINE
+        assert layout == erofsimage.FLAT_INLINE
         full = size // 512 * 512
         tail_at = inode["at"] + 64
         assert tail_at % 512 + size - full <= 512, "inline data crosses a block"
@@ -96,7 +96,7 @@ def file(path: str, size: int, offset: int = 512, **meta: int) -> Entry:
 
 
 def build(entries: list[Entry], device_size: int = 1 << 20) -> Image:
-    return Image(erofs.build(entries, [erofs.Device(DEV, device_size)], no_read))
+    return Image(erofsimage.build(entries, [erofsimage.Device(DEV, device_size)], no_read))
 
 
 def test_superblock_fields_are_at_their_documented_offsets() -> None:
@@ -104,8 +104,8 @@ def test_superblock_fields_are_at_their_documented_offsets() -> None:
     sb = image.sb
     assert sb["magic"] == 0xE0F5E1E2
     assert sb["blkszbits"] == 9 and sb["sb_extslots"] == 0 and sb["dirblkbits"] == 0
-    assert sb["feature_compat"] == erofs.FEATURE_COMPAT_SB_CHKSUM
-    assert sb["feature_incompat"] == erofs.FEATURE_INCOMPAT_CHUNKED_FILE | erofs.FEATURE_INCOMPAT_DEVICE_TABLE
+    assert sb["feature_compat"] == erofsimage.FEATURE_COMPAT_SB_CHKSUM
+    assert sb["feature_incompat"] == erofsimage.FEATURE_INCOMPAT_CHUNKED_FILE | erofsimage.FEATURE_INCOMPAT_DEVICE_TABLE
     assert sb["root_nid"] == 0 and sb["inos"] == 2
     assert sb["blocks"] * 512 == len(image.raw) and len(image.raw) % 512 == 0
     assert sb["extra_devices"] == 1 and sb["devt_slotoff"] * 128 == 1536
@@ -116,20 +116,20 @@ def test_superblock_fields_are_at_their_documented_offsets() -> None:
 def test_superblock_checksum_is_the_kernels_crc32c_of_the_rest_of_its_block() -> None:
     image = build([ROOT])
     # super.c: crc32c(0x5045B54A, sb + 8, blocksize - 8) with the superblock at 1024.
-    assert image.sb["checksum"] == erofs.crc32c(0x5045B54A, image.raw[1032:1536])
+    assert image.sb["checksum"] == erofsimage.crc32c(0x5045B54A, image.raw[1032:1536])
     # The kernel's crc32c has no inversions: the standard CRC-32C check value with them added.
-    assert erofs.crc32c(0xFFFFFFFF, b"123456789") ^ 0xFFFFFFFF == 0xE3069283
+    assert erofsimage.crc32c(0xFFFFFFFF, b"123456789") ^ 0xFFFFFFFF == 0xE3069283
 
 
 def test_image_without_devices_has_no_device_table() -> None:
-    image = Image(erofs.build([ROOT, Entry("e", Kind.FILE, 0o600)], [], no_read))
+    image = Image(erofsimage.build([ROOT, Entry("e", Kind.FILE, 0o600)], [], no_read))
     assert image.sb["extra_devices"] == 0
-    assert not image.sb["feature_incompat"] & erofs.FEATURE_INCOMPAT_DEVICE_TABLE
+    assert not image.sb["feature_incompat"] & erofsimage.FEATURE_INCOMPAT_DEVICE_TABLE
 
 
 def test_device_slots_name_each_tar_and_its_blocks() -> None:
-    devices = [erofs.Device(f"layers/sha256/{i:064x}.tar", 512 * i + 1) for i in range(1, 4)]
-    image = Image(erofs.build([ROOT], devices, no_read))
+    devices = [erofsimage.Device(f"layers/sha256/{i:064x}.tar", 512 * i + 1) for i in range(1, 4)]
+    image = Image(erofsimage.build([ROOT], devices, no_read))
     for index, device in enumerate(devices):
         tag, blocks, uniaddr = struct.unpack_from("<64sII", image.raw, 1536 + 128 * index)
         assert tag == f"{index + 1:064x}".encode()
@@ -141,10 +141,10 @@ def test_regular_file_is_one_chunk_index_into_its_tar() -> None:
     image = build([ROOT, file("a", 1000, offset=4096, uid=70000, gid=70001, mtime=1700000000, mode=0o1755)])
     nid = image.lookup("a")
     inode = image.inode(nid)
-    assert inode["format"] == 1 | erofs.CHUNK_BASED << 1
+    assert inode["format"] == 1 | erofsimage.CHUNK_BASED << 1
     assert inode["mode"] == 0o100000 | 0o1755
     assert inode["size"] == 1000 and inode["xattr_icount"] == 0
-    assert inode["u"] == erofs.CHUNK_FORMAT_INDEXES | 1  # 1024-byte chunks hold 1000 bytes
+    assert inode["u"] == erofsimage.CHUNK_FORMAT_INDEXES | 1  # 1024-byte chunks hold 1000 bytes
     assert (inode["uid"], inode["gid"], inode["nlink"]) == (70000, 70001, 1)
     assert (inode["mtime"], inode["mtime_nsec"]) == (1700000000, 0)
     assert image.chunks(nid) == [(1, 4096 // 512)]
@@ -166,14 +166,14 @@ def test_negative_mtime_survives() -> None:
 def test_empty_file_has_no_block() -> None:
     image = build([ROOT, Entry("e", Kind.FILE, 0o640)])
     inode = image.inode(image.lookup("e"))
-    assert inode["format"] == 1 | erofs.FLAT_PLAIN << 1
-    assert inode["size"] == 0 and inode["u"] == erofs.NULL_ADDR
+    assert inode["format"] == 1 | erofsimage.FLAT_PLAIN << 1
+    assert inode["size"] == 0 and inode["u"] == erofsimage.NULL_ADDR
 
 
 def test_file_ending_in_a_partial_last_block_of_its_device_has_its_last_chunk_copied() -> None:
     size = 100_000
     data = bytes(range(256)) * 400
-    image = Image(erofs.build([ROOT, file("f", size, offset=512)], [erofs.Device(DEV, 512 + size)],
+    image = Image(erofsimage.build([ROOT, file("f", size, offset=512)], [erofsimage.Device(DEV, 512 + size)],
                               lambda source, offset, length: data[offset - 512 : offset - 512 + length]))  # fmt: skip
     nid = image.lookup("f")
     bits = 9 + (image.inode(nid)["u"] & 0x1F)
@@ -189,9 +189,9 @@ def test_symlink_target_is_inline_after_its_inode() -> None:
     image = build([ROOT, Entry("l", Kind.SYMLINK, 0o777, 5, 6, 7, link="/etc/passwd")])
     nid = image.lookup("l")
     inode = image.inode(nid)
-    assert inode["format"] == 1 | erofs.FLAT_INLINE << 1 and inode["mode"] == 0o120777
+    assert inode["format"] == 1 | erofsimage.FLAT_INLINE << 1 and inode["mode"] == 0o120777
     assert inode["size"] == len("/etc/passwd") and image.data(nid) == b"/etc/passwd"
-    assert image.children(0)[b"l"][1] == erofs.FT_SYMLINK
+    assert image.children(0)[b"l"][1] == erofsimage.FT_SYMLINK
 
 
 @pytest.mark.parametrize("length", [448, 449, 512, 1000, 4095])
@@ -226,8 +226,8 @@ def test_directory_holds_dot_dotdot_and_names_in_byte_order() -> None:
     assert listed == sorted([b".", b"..", *(n.encode() for n in names)])
     assert listed[:3] == [b"!x", b"-a", b"."], "names before '.' sort before it"
     children = image.children(d)
-    assert children[b"."] == (d, erofs.FT_DIR) and children[b".."] == (0, erofs.FT_DIR)
-    assert image.children(0)[b".."] == (0, erofs.FT_DIR), "the root is its own parent"
+    assert children[b"."] == (d, erofsimage.FT_DIR) and children[b".."] == (0, erofsimage.FT_DIR)
+    assert image.children(0)[b".."] == (0, erofsimage.FT_DIR), "the root is its own parent"
     inode = image.inode(d)
     assert inode["mode"] == 0o041777 and inode["nlink"] == 2
     assert inode["size"] == 12 * len(listed) + sum(map(len, listed))
@@ -270,25 +270,25 @@ def test_root_is_the_first_inode_whatever_the_entry_order() -> None:
 @pytest.mark.parametrize(
     ("entries", "devices", "message"),
     [
-        ([file("a", 1)], [erofs.Device(DEV, 1024)], "no root"),
-        ([ROOT, file("a", 1), file("a", 2, offset=1024)], [erofs.Device(DEV, 2048)], "same path"),
-        ([ROOT, file("d/a", 1)], [erofs.Device(DEV, 1024)], "not a directory"),
+        ([file("a", 1)], [erofsimage.Device(DEV, 1024)], "no root"),
+        ([ROOT, file("a", 1), file("a", 2, offset=1024)], [erofsimage.Device(DEV, 2048)], "same path"),
+        ([ROOT, file("d/a", 1)], [erofsimage.Device(DEV, 1024)], "not a directory"),
         ([ROOT, file("a", 1)], [], "not a device"),
-        ([ROOT, file("a", 1, offset=100)], [erofs.Device(DEV, 1024)], "not block-aligned"),
-        ([ROOT, file("a", 1000)], [erofs.Device(DEV, 1024)], "past its end"),
-        ([ROOT], [erofs.Device(DEV, 1), erofs.Device(DEV, 1)], "listed twice"),
-        ([ROOT], [erofs.Device(DEV, 3 << 40)], "more than 2 TiB"),
+        ([ROOT, file("a", 1, offset=100)], [erofsimage.Device(DEV, 1024)], "not block-aligned"),
+        ([ROOT, file("a", 1000)], [erofsimage.Device(DEV, 1024)], "past its end"),
+        ([ROOT], [erofsimage.Device(DEV, 1), erofsimage.Device(DEV, 1)], "listed twice"),
+        ([ROOT], [erofsimage.Device(DEV, 3 << 40)], "more than 2 TiB"),
     ],
 )
-def test_what_the_format_cannot_hold_is_refused(entries: list[Entry], devices: list[erofs.Device], message: str) -> None:
+def test_what_the_format_cannot_hold_is_refused(entries: list[Entry], devices: list[erofsimage.Device], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        erofs.build(entries, devices, no_read)
+        erofsimage.build(entries, devices, no_read)
 
 
 def test_sources_lists_each_device_once_in_order_of_use() -> None:
     other = "blobs/sha256/" + "cd" * 32
     entries = [ROOT, file("a", 1), Entry("b", Kind.FILE, 0o644, size=1, source=other), file("c", 1), Entry("e", Kind.FILE, 0o644)]
-    assert erofs.sources(entries) == [DEV, other]
+    assert erofsimage.sources(entries) == [DEV, other]
 
 
 def test_same_tree_same_bytes() -> None:

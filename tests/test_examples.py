@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from csi_driver import spec
 from csi_driver.convert import pod_specs
+from csi_driver.csi import spec
 from kubelet import publish_request
 from manifests import EXAMPLES, KUBERNETES_VERSIONS, ROOT, deploy_object, documents, kubernetes_files, validate
 

@@ -30,10 +30,11 @@ import pytest
 import pyfuse3
 import trio
 
-from csi_driver import fusefs, mounts
-from csi_driver.fusefs import FS_TYPE, build_tree
-from csi_driver.store import Store
-from csi_driver.tree import Entry, Kind
+from csi_driver.content.store import Store
+from csi_driver.layout.tree import Entry, Kind
+from csi_driver.mounts import kernel
+from csi_driver.views import fusefs
+from csi_driver.views.fusefs import FS_TYPE, build_tree
 from processes import stop
 from propagation import assert_read_only
 
@@ -67,7 +68,7 @@ if not in_private_mount_namespace():
 REPO = Path(__file__).resolve().parent.parent
 MTIME = 1_700_000_000
 SERVER = (
-    "import logging, sys; from pathlib import Path; from csi_driver import fusefs; "
+    "import logging, sys; from pathlib import Path; from csi_driver.views import fusefs; "
     "logging.basicConfig(level=logging.INFO); fusefs.run(Path(sys.argv[1]))"
 )
 
@@ -184,8 +185,8 @@ def start_server(state: Path, log: Path) -> Server:
     return Server(proc, state / "view", log)
 
 
-def fuse_mounts(view: Path) -> list[mounts.MountInfo]:
-    return [m for m in mounts.mount_table() if m.mount_point == str(view) and m.fs_type == FS_TYPE]
+def fuse_mounts(view: Path) -> list[kernel.MountInfo]:
+    return [m for m in kernel.mount_table() if m.mount_point == str(view) and m.fs_type == FS_TYPE]
 
 
 def answering_mount(view: Path) -> bool:
@@ -194,7 +195,7 @@ def answering_mount(view: Path) -> bool:
     just before the detach cannot pass for the new view)."""
     return (
         bool(fuse_mounts(view))
-        and mounts.path_state(str(view)) == "ok"
+        and kernel.path_state(str(view)) == "ok"
         and os.stat(view).st_dev != os.stat(view.parent).st_dev
     )
 
@@ -363,13 +364,13 @@ def test_a_volume_bound_from_the_view_is_read_only_in_every_propagated_copy(
     kubelet, peer = shared_kubelet_root
     target = kubelet / "target"
     target.mkdir()
-    mounts.bind_readonly(str(server.view / tree.digest), str(target))
+    kernel.bind_readonly(str(server.view / tree.digest), str(target))
     try:
         for path in (target, peer / "target"):
             assert (path / "notes.txt").read_bytes() == tree.contents["notes.txt"]
             assert_read_only(path, "notes.txt")
     finally:
-        mounts.unmount(str(target))
+        kernel.unmount(str(target))
 
 
 def test_big_directory_lists_fully(server: Server, tree: Tree) -> None:
@@ -418,14 +419,14 @@ def test_sigterm_unmounts_and_exits_zero(server: Server) -> None:
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=10) == 0, server.output()
     assert fuse_mounts(server.view) == []
-    assert mounts.path_state(str(server.view)) == "ok"
+    assert kernel.path_state(str(server.view)) == "ok"
 
 
 def test_restart_replaces_a_dead_view(server: Server, state: Path, tree: Tree, tmp_path: Path) -> None:
     server.proc.kill()
     server.proc.wait()
-    assert mounts.path_state(str(server.view)) == "dead"
-    assert mounts.is_mount_point(str(server.view)), "a dead view is still a mount point"
+    assert kernel.path_state(str(server.view)) == "dead"
+    assert kernel.is_mount_point(str(server.view)), "a dead view is still a mount point"
 
     second = start_server(state, tmp_path / "fuse2.log")
     try:
@@ -491,7 +492,7 @@ def test_build_tree_adds_unlisted_parents_and_drops_entries_below_files() -> Non
 
 def test_view_process_loads_no_grpc_layer() -> None:
     """The view runs on every node beside ``serve``; the gRPC layer would add ~15 MB to it."""
-    code = "import sys, csi_driver.__main__, csi_driver.fusefs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'prometheus_client')))"
+    code = "import sys, csi_driver.__main__, csi_driver.views.fusefs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'prometheus_client')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -27,11 +27,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fuzzing
-from csi_driver import errors, manifest
-from csi_driver.layout import TITLE, UNPACK, Layer, Limits
+from csi_driver import errors
+from csi_driver.content.store import blob_relpath, decoded_relpath
+from csi_driver.csi.spec import check_target_path
+from csi_driver.layout import manifest
+from csi_driver.layout.rules import TITLE, UNPACK, Layer, Limits
 from csi_driver.reference import Reference, parse_reference
-from csi_driver.spec import check_target_path
-from csi_driver.store import blob_relpath, decoded_relpath
 
 BUDGET = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

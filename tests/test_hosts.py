@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from csi_driver import errors, hosts
-from csi_driver.hosts import TLS, Endpoint
+from csi_driver import errors
+from csi_driver.registry import hosts
+from csi_driver.registry.hosts import TLS, Endpoint
 
 
 def write(root: Path, namespace: str, text: str) -> Path:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from csi_driver import errors
-from csi_driver.credentials import CredentialSources, Keyring
-from csi_driver.dockerconfig import AuthIndex, matches, pattern
 from csi_driver.reference import parse_reference
+from csi_driver.registry.credentials import CredentialSources, Keyring
+from csi_driver.registry.dockerconfig import AuthIndex, matches, pattern
 
 
 def from_secrets(secrets: dict[str, str], image: str):

@@ -15,8 +15,9 @@ from kube_api_stub import (
     PKI, KubeAPI, dockercfg, dockerconfigjson, make_pki, pod, secret, serve_kube_api, service_account,
 )  # fmt: skip
 
-from csi_driver import errors, kubeapi
-from csi_driver.spec import Pod
+from csi_driver import errors
+from csi_driver.csi.spec import Pod
+from csi_driver.registry import kubeapi
 
 NS, POD, UID = "team-a", "app-0", "6f1c0a52-3f7e-4a44-9d3b-6d0f8f0c2a11"
 TOKEN = "sa-token-Kq3vZ"
@@ -323,7 +324,7 @@ def test_skipped_secret_is_a_warning_and_the_next_one_is_used(
         api.put("secrets", skipped)
     api.put("secrets", dockerconfigjson(NS, "regcred", {"r.example": {"username": "u", "password": PASSWORD}}))
     put_pod(api, "skipped", "regcred")
-    with caplog.at_level(logging.WARNING, logger="csi_driver.kubeapi"):
+    with caplog.at_level(logging.WARNING, logger="csi_driver.registry.kubeapi"):
         indexes = kubeapi.pod_pull_secrets(client(api, pki, tmp_path), published())
     assert lookups(indexes) == [[("u", PASSWORD)]]
     assert warning in caplog.text

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from csi_driver import errors, manifest
+from csi_driver import errors
+from csi_driver.layout import manifest
 
 D = "sha256:" + "a" * 64
 

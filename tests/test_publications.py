@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from csi_driver.publications import Publication, Publications
+from csi_driver.mounts.publications import Publication, Publications
 
 PUB = Publication(volume_id="csi-1", target="/var/lib/kubelet/pods/p/volumes/v/mount", reference="r:v1",
                   digest="sha256:" + "0" * 64, mode="fuse")  # fmt: skip
@@ -27,7 +27,7 @@ def test_a_record_is_committed_without_waiting_for_the_disk(tmp_path: Path) -> N
 
 def test_a_record_survives_the_driver_being_killed_right_after_it(tmp_path: Path) -> None:
     script = (
-        "import os, sys; from csi_driver.publications import Publication, Publications; "
+        "import os, sys; from csi_driver.mounts.publications import Publication, Publications; "
         f"Publications(sys.argv[1]).record(Publication(*{tuple(PUB.__dict__.values())!r})); os._exit(0)"
     )  # os._exit: no close, no checkpoint, as after SIGKILL
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from artifacts import PERSONALITY_TREE, PLUGIN_TREE, Tree, push_klaus
-from csi_driver import mounts
+from csi_driver.mounts import kernel
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 
@@ -50,7 +50,7 @@ def expected_walk(tree: Tree) -> dict[str, tuple]:
 
 
 def assert_read_only_mount(target: Path) -> None:
-    info = mounts.find_mount(str(target))
+    info = kernel.find_mount(str(target))
     assert info is not None, f"{target} is not a mount point"
     assert {"ro", "nosuid", "nodev"} <= info.options, info.options
 
@@ -69,7 +69,7 @@ def test_klaus_plugin_mounts_exact_tree_read_only(driver: Driver, plugin, kubele
     assert excinfo.value.errno == errno.EROFS
 
     driver.unpublish(unpublish_request(request))
-    assert mounts.find_mount(str(target)) is None
+    assert kernel.find_mount(str(target)) is None
     assert not target.exists()
     assert target.parent.is_dir()
 
@@ -97,10 +97,10 @@ def test_publish_and_unpublish_are_idempotent(driver: Driver, plugin, kubelet_ro
     request = publish_request(target, {"reference": plugin.reference})
     driver.publish(request)
     driver.publish(request)
-    assert sum(1 for m in mounts.mount_table() if m.mount_point == str(target)) == 1
+    assert sum(1 for m in kernel.mount_table() if m.mount_point == str(target)) == 1
     driver.unpublish(unpublish_request(request))
     driver.unpublish(unpublish_request(request))
-    assert mounts.find_mount(str(target)) is None
+    assert kernel.find_mount(str(target)) is None
 
 
 def test_unpublish_of_unknown_target_is_ok(driver: Driver, kubelet_root: Path) -> None:
@@ -136,7 +136,7 @@ def test_unknown_attribute_is_invalid_argument_naming_it(driver: Driver, plugin,
     err = publish_error(driver, publish_request(target, {"reference": plugin.reference, "pullpolicy": "Always"}))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pullpolicy" in err.details()
-    assert mounts.find_mount(str(target)) is None
+    assert kernel.find_mount(str(target)) is None
 
 
 @pytest.mark.parametrize("mode", ["bind"], indirect=True)
@@ -154,7 +154,7 @@ def test_missing_tag_is_not_found(driver: Driver, plugin, kubelet_root: Path) ->
     err = publish_error(driver, publish_request(target, {"reference": missing}))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert "v9.9.9" in err.details()
-    assert mounts.find_mount(str(target)) is None
+    assert kernel.find_mount(str(target)) is None
 
 
 @pytest.mark.parametrize("mode", ["bind"], indirect=True)

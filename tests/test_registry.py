@@ -21,9 +21,10 @@ import oras.client
 import pytest
 import requests
 
-from csi_driver import errors, registry
+from csi_driver import errors
 from csi_driver.reference import Reference, parse_reference
-from csi_driver.registry import RegistryClient, RegistryConfig
+from csi_driver.registry import client as registry_client
+from csi_driver.registry.client import RegistryClient, RegistryConfig
 
 from registry_server import free_port, run_registry
 from stub_registry import Answer, FakeRegistry, Seen, serve_stub
@@ -230,7 +231,7 @@ def test_no_credentials_for_a_private_registry_is_permission_denied(private):
 @pytest.fixture
 def fake(monkeypatch) -> Iterator[FakeRegistry]:
     """A scripted registry on a fresh port, with no pooled session left from another test."""
-    monkeypatch.setattr(registry, "_SESSIONS", {})
+    monkeypatch.setattr(registry_client, "_SESSIONS", {})
     with serve_stub() as scripted:
         yield scripted
 

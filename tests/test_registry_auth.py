@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import oras.client
 import pytest
 
-from csi_driver import errors, registry
+from csi_driver import errors
 from csi_driver.reference import parse_reference
-from csi_driver.registry import RegistryClient, RegistryConfig
+from csi_driver.registry import client as registry_client
+from csi_driver.registry.client import RegistryClient, RegistryConfig
 
 from certs import make_ca
 from registry_server import run_registry
@@ -65,7 +66,7 @@ def logs(caplog) -> pytest.LogCaptureFixture:
 
 @pytest.fixture(autouse=True)
 def fresh_sessions(monkeypatch) -> None:
-    monkeypatch.setattr(registry, "_SESSIONS", {})
+    monkeypatch.setattr(registry_client, "_SESSIONS", {})
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:

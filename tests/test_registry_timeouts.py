@@ -16,7 +16,7 @@ import pytest
 
 from csi_driver import errors
 from csi_driver.reference import parse_reference
-from csi_driver.registry import RegistryClient, RegistryConfig
+from csi_driver.registry.client import RegistryClient, RegistryConfig
 
 from certs import issue, make_ca
 from driver import run_driver
@@ -31,7 +31,7 @@ BLOB = b"x" * 4096
 
 @pytest.fixture(autouse=True)
 def fresh_sessions(monkeypatch) -> None:
-    monkeypatch.setattr("csi_driver.registry._SESSIONS", {})
+    monkeypatch.setattr("csi_driver.registry.client._SESSIONS", {})
 
 
 def trickle(request: Seen) -> Answer:

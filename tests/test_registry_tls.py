@@ -17,9 +17,10 @@ from urllib.parse import quote
 import oras.client
 import pytest
 
-from csi_driver import errors, registry
+from csi_driver import errors
 from csi_driver.reference import Reference, parse_reference
-from csi_driver.registry import RegistryClient, RegistryConfig
+from csi_driver.registry import client as registry_client
+from csi_driver.registry.client import RegistryClient, RegistryConfig
 
 from certs import KeyPair, issue, make_ca
 from registry_server import access_log, free_port, run_registry
@@ -80,7 +81,7 @@ def setup(tmp_path_factory, pki: PKI) -> Iterator[Setup]:
 
 @pytest.fixture(autouse=True)
 def fresh_sessions(monkeypatch) -> None:
-    monkeypatch.setattr(registry, "_SESSIONS", {})
+    monkeypatch.setattr(registry_client, "_SESSIONS", {})
 
 
 def hosts_toml(root: Path, namespace: str, text: str) -> Path:
@@ -217,14 +218,14 @@ def test_override_path_headers_and_ns_reach_the_mirror(tmp_path, override_path, 
         root = f"http://{mirror.host}/custom/api"
         config = hosts_toml(
             tmp_path,
-            "registry.invalid",
+            "client.invalid",
             f'[host."{root}"]\n  override_path = {str(override_path).lower()}\n'
             f'  [host."{root}".header]\n    x-mirror-key = "k1"\n',
         )
-        assert client(config).resolve(parse_reference("registry.invalid/test/art:v1")) == sha256(MANIFEST)
+        assert client(config).resolve(parse_reference("client.invalid/test/art:v1")) == sha256(MANIFEST)
     [seen] = mirror.seen
     assert seen.path == path
-    assert seen.query == {"ns": ["registry.invalid"]}
+    assert seen.query == {"ns": ["client.invalid"]}
     assert seen.headers["x-mirror-key"] == "k1"
 
 

@@ -25,9 +25,10 @@ import grpc
 import pytest
 
 from artifacts import PLUGIN_TREE, push_image, push_klaus
-from csi_driver import mounts, views
 from csi_driver._pb import csi_pb2
-from csi_driver.store import Store
+from csi_driver.content.store import Store
+from csi_driver.mounts import kernel
+from csi_driver.views import choose
 from driver import Driver, cleanup_mounts_under, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -68,7 +69,7 @@ def readable(path: Path) -> bool:
 
 
 def mounts_at(target: Path) -> int:
-    return sum(1 for m in mounts.mount_table() if m.mount_point == str(target))
+    return sum(1 for m in kernel.mount_table() if m.mount_point == str(target))
 
 
 def stats(driver: Driver, request) -> csi_pb2.NodeGetVolumeStatsResponse:
@@ -148,7 +149,7 @@ def test_killed_fuse_server_is_replaced_and_targets_rebound(
 
 
 def view_readahead_kb(driver: Driver) -> int:
-    info = mounts.find_mount(str(driver.state_dir / "view"))
+    info = kernel.find_mount(str(driver.state_dir / "view"))
     assert info is not None, "the FUSE view is not mounted"
     return int(Path(f"/sys/class/bdi/{info.device}/read_ahead_kb").read_text())
 
@@ -158,18 +159,18 @@ def test_the_views_readahead_is_raised_so_large_files_arrive_in_1_mib_requests_a
 ) -> None:
     with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
         target = Path(request.target_path)
-        assert view_readahead_kb(d) == views.READAHEAD_KB == 1024
+        assert view_readahead_kb(d) == choose.READAHEAD_KB == 1024
         kill_the_view_and_wait_for_its_repair(d, target)
-        assert view_readahead_kb(d) == views.READAHEAD_KB
+        assert view_readahead_kb(d) == choose.READAHEAD_KB
         d.unpublish(unpublish_request(request))
 
 
 def test_a_read_only_sys_leaves_the_views_readahead_as_it_is_and_only_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    view = views.FuseView(Store(tmp_path))
-    info = mounts.MountInfo(view.mountpoint, "/", views.FUSE_FS_TYPE, "oci-volume-csi", frozenset({"ro"}), "0:999")
-    monkeypatch.setattr(mounts, "find_mount", lambda path: info if path == view.mountpoint else None)
+    view = choose.FuseView(Store(tmp_path))
+    info = kernel.MountInfo(view.mountpoint, "/", choose.FUSE_FS_TYPE, "oci-volume-csi", frozenset({"ro"}), "0:999")
+    monkeypatch.setattr(kernel, "find_mount", lambda path: info if path == view.mountpoint else None)
 
     def read_only(self: Path, text: str) -> int:
         raise OSError(errno.EROFS, "Read-only file system", str(self))
@@ -194,7 +195,7 @@ def test_restarted_fuse_container_stands_by_and_takes_over_instead_of_crash_loop
         )  # fmt: skip
         time.sleep(2)
         assert container.poll() is None, "a second fuse server must stand by, not exit"
-        assert len([m for m in mounts.mount_table() if m.mount_point == str(d.state_dir / "view")]) == 1
+        assert len([m for m in kernel.mount_table() if m.mount_point == str(d.state_dir / "view")]) == 1
         os.kill(serves, signal.SIGKILL)
         wait_until(lambda: readable(target / PLUGIN_FILE))
         assert fuse_pids(d) == [container.pid], "serve must not start a server while one takes over"
@@ -218,7 +219,7 @@ def propagation(path: Path, pid: str = "self") -> list[str]:
     found = []
     for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
         fields = line.partition(" - ")[0].split()
-        if mounts._unescape(fields[4]) == str(path):
+        if kernel._unescape(fields[4]) == str(path):
             found.append(" ".join(fields[6:]) or "private")
     return found
 
@@ -235,8 +236,8 @@ class Container:
         done = subprocess.run(inside, capture_output=True)
         return done.stdout if done.returncode == 0 else None
 
-    def mounts(self) -> list[mounts.MountInfo]:
-        table = mounts.mount_table(f"/proc/{self.process.pid}/mountinfo")
+    def mounts(self) -> list[kernel.MountInfo]:
+        table = kernel.mount_table(f"/proc/{self.process.pid}/mountinfo")
         return [m for m in table if m.mount_point == str(self.path)]
 
 
@@ -306,7 +307,7 @@ def test_unpublish_succeeds_when_the_view_is_dead(registry: str, plugin, tmp_pat
         os.kill(fuse_pid(d), signal.SIGKILL)
         time.sleep(0.05)
         d.unpublish(unpublish_request(request))
-        assert mounts.find_mount(request.target_path) is None
+        assert kernel.find_mount(request.target_path) is None
         assert not Path(request.target_path).exists()
 
 

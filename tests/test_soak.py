@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from artifacts import PLUGIN_TREE, push_klaus
-from csi_driver import mounts
+from csi_driver.mounts import kernel
 from driver import Driver, run_driver
 from kubelet import publish_request, target_for, unpublish_request
 from test_restarts import fuse_pid
@@ -75,7 +75,7 @@ def test_thousand_publish_unpublish_cycles_leak_nothing(
         print(f"\n{mode}: RSS KiB and open fds before/after {CYCLES} cycles: {before} -> {after}")
         for name in pids:
             assert after[name][1] <= before[name][1], f"{name} leaked file descriptors: {before} -> {after}"
-        leaked = [m.mount_point for m in mounts.mount_table() if m.mount_point.startswith(str(kubelet_root))]
+        leaked = [m.mount_point for m in kernel.mount_table() if m.mount_point.startswith(str(kubelet_root))]
         assert leaked == []
         assert list((d.state_dir / "tmp").iterdir()) == []
         with sqlite3.connect(d.state_dir / "publications.db") as db:

@@ -8,7 +8,7 @@ import pytest
 
 from csi_driver import errors
 from csi_driver._pb import csi_pb2
-from csi_driver.spec import from_publish_request
+from csi_driver.csi.spec import from_publish_request
 from kubelet import publish_request
 
 TARGET = Path("/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/p/mount")

@@ -15,9 +15,10 @@ from registry_server import access_log
 from signing import BUNDLE_TYPE, SIMPLE_SIGNING, attach_bundle, dsse_bundle, key_attestor, make_policy, sign_legacy
 from stub_registry import FakeRegistry, serve_stub
 
-from csi_driver import errors, registry
+from csi_driver import errors
 from csi_driver.reference import parse_reference
-from csi_driver.registry import RegistryClient, RegistryConfig
+from csi_driver.registry import client as registry_client
+from csi_driver.registry.client import RegistryClient, RegistryConfig
 from csi_driver.verify import bundle, cosign, lookup
 from csi_driver.verify.policy import KeyAttestor
 from csi_driver.verify.verdict import verify
@@ -36,7 +37,7 @@ def client_for(host: str, credentials: tuple[str, str] | None = None) -> Registr
 
 @pytest.fixture
 def fake(monkeypatch) -> Iterator[FakeRegistry]:
-    monkeypatch.setattr(registry, "_SESSIONS", {})
+    monkeypatch.setattr(registry_client, "_SESSIONS", {})
     with serve_stub() as scripted:
         yield scripted
 

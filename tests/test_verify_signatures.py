@@ -30,7 +30,7 @@ from signing import (
 from sigstore_fakes import FakeSigstore
 
 from csi_driver.reference import parse_reference
-from csi_driver.registry import RegistryClient, RegistryConfig
+from csi_driver.registry.client import RegistryClient, RegistryConfig
 from csi_driver.verify.verdict import Verdict, verify
 
 _names = itertools.count()

@@ -13,13 +13,14 @@ import argparse
 import importlib
 import sys
 
-import grpc
-
-from .. import errors
+from csi_driver import errors
 
 
 def run(args: argparse.Namespace, *context: object) -> int:
     """Run ``args.handler`` with ``args`` and whatever else it takes (``context``)."""
+    import grpc  # here, not at the top: the flag checks in ``cli.flags`` load this package, and
+    # ``serve``'s and the FUSE view's start-up must not pay for gRPC through it
+
     module, _, function = args.handler.partition(".")
     handler = getattr(importlib.import_module(f"{__name__}.{module}"), function)
     try:

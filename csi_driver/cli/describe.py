@@ -1,12 +1,12 @@
 """``describe REF``: what a volume of REF would hold, found without mounting anything.
 
-It runs the driver's own pull (``pull.py``: registry, verified store, ``layout.build_tree``)
+It runs the driver's own pull (``pull.py``: registry, verified store, ``rules.build_tree``)
 into a temporary store with the node's flags, so its answer is the node's answer: the same
 platform choice, the same placement of each layer, the same refusals with the same
 messages. Then it reads back what that pull stored: the manifest(s) and the tree.
 
 Which rule of docs/layout-rules.md placed a layer is read from the manifest's config media type
-(an image's layers are all rule 0) and the layer's media type and annotations, as ``layout.py``
+(an image's layers are all rule 0) and the layer's media type and annotations, as ``rules.py``
 decides it; only rule 3 against rule 4 (a titled ``tar+gzip``: a directory if every entry lies
 under its title, else a file) depends on the archive, and is decided by placing that layer alone.
 """
@@ -22,17 +22,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import errors, layout, manifest
-from ..authorize import AccessChecks
-from ..credentials import Credentials, CredentialSources, Keyring
-from ..progress import in_flight
-from ..pull import PullConfig, pull
-from ..reference import Reference, parse_reference
-from ..registry import RegistryClient
-from ..store import Store, blob_relpath
-from ..tree import Entry, Kind
-from ..units import size
-from .output import emit, fields, plural, progress, pulling, short, table
+from csi_driver import errors
+from csi_driver.cli.output import emit, fields, plural, progress, pulling, short, table
+from csi_driver.content.pull import PullConfig, pull
+from csi_driver.content.store import Store, blob_relpath
+from csi_driver.layout import rules, manifest
+from csi_driver.layout.tree import Entry, Kind
+from csi_driver.progress import in_flight
+from csi_driver.reference import Reference, parse_reference
+from csi_driver.registry.authorize import AccessChecks
+from csi_driver.registry.client import RegistryClient
+from csi_driver.registry.credentials import Credentials, CredentialSources, Keyring
+from csi_driver.units import size
 
 KINDS = {
     "application/vnd.oci.image.index.v1+json": "OCI image index",
@@ -69,28 +70,28 @@ def _pull(
         return None, exc
 
 
-def _placement(store: Store, layer: layout.Layer, limits: layout.Limits) -> tuple[int | None, str]:
+def _placement(store: Store, layer: rules.Layer, limits: rules.Limits) -> tuple[int | None, str]:
     """The rule of docs/layout-rules.md that places ``layer`` and what it does; None when rule 3 or 4 cannot be
     told apart because the pull stopped before fetching the layer."""
-    title = layer.annotations.get(layout.TITLE)
+    title = layer.annotations.get(rules.TITLE)
     if layer.image:
-        if layout.tar_path(layer) is None:
+        if rules.tar_path(layer) is None:
             return 5, "refused: not a tar archive, and every layer of an image is a file system layer"
         return 0, "image layer: unpacked at the volume root, whiteouts applied" + (", title ignored" if title else "")
-    if title is not None and layer.annotations.get(layout.UNPACK) == "true":
+    if title is not None and layer.annotations.get(rules.UNPACK) == "true":
         return 1, f"ORAS directory: extracted as {title}/"
     if title is None:
-        if layout.tar_path(layer) is None:
+        if rules.tar_path(layer) is None:
             return 5, "refused: neither a tar archive nor titled"
         return 2, "unpacked at the volume root, whiteouts applied"
     as_file = f"a file: the blob as {title}, mode 0644"
-    if not layout.may_unpack(layer):
+    if not rules.may_unpack(layer):
         return 4, as_file
-    if layer.media_type != layout.OCI_TAR_GZIP:  # titled and still unpacked: Klaus content
+    if layer.media_type != rules.OCI_TAR_GZIP:  # titled and still unpacked: Klaus content
         return 2, "unpacked at the volume root, whiteouts applied"
     if not store.has_blob(layer.digest, decoded=True):
         return None, f"extracted as {title}/ if every entry lies under it (rule 3), else {as_file} (rule 4)"
-    alone = layout.build_tree(store.root, [layer], limits)
+    alone = rules.build_tree(store.root, [layer], limits)
     if any(entry.source == blob_relpath(layer.digest) for entry in alone):
         return 4, as_file
     return 3, f"directory archive: extracted as {title}/"
@@ -130,7 +131,7 @@ def _report(
     if loaded is not None and isinstance(loaded[1], manifest.ImageManifest):
         image = loaded[1]
         report["config_media_type"] = image.config.media_type
-        report["layers"] = [_layer(store, layer, cfg.limits) for layer in layout.layers_of(image)]
+        report["layers"] = [_layer(store, layer, cfg.limits) for layer in rules.layers_of(image)]
     if digest is not None:
         report["volume"] = _volume(store.load_tree(digest))
     if error is not None:
@@ -138,9 +139,9 @@ def _report(
     return report
 
 
-def _layer(store: Store, layer: layout.Layer, limits: layout.Limits) -> dict[str, Any]:
+def _layer(store: Store, layer: rules.Layer, limits: rules.Limits) -> dict[str, Any]:
     rule, effect = _placement(store, layer, limits)
-    title = layer.annotations.get(layout.TITLE, "")
+    title = layer.annotations.get(rules.TITLE, "")
     return {
         "digest": layer.digest, "size": layer.size, "media_type": layer.media_type, "title": title, "rule": rule,
         "placement": effect,

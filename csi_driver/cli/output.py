@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
-from ..progress import text
+from csi_driver.progress import text
 
 OUTPUTS = ("table", "json")
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import grpc
 
-from .. import errors, mounts
-from .._pb import csi_pb2, csi_pb2_grpc
-from ..progress import ask
-from ..reference import parse_reference
-from ..server import socket_path
-from .output import emit, fields, progress, pulling
-from .state import open_state
+from csi_driver import errors
+from csi_driver._pb import csi_pb2, csi_pb2_grpc
+from csi_driver.cli.output import emit, fields, progress, pulling
+from csi_driver.cli.state import open_state
+from csi_driver.csi.server import socket_path
+from csi_driver.mounts import kernel
+from csi_driver.progress import ask
+from csi_driver.reference import parse_reference
 
 
 def volume_id(target: str) -> str:
@@ -101,7 +102,7 @@ def unpublish(args: argparse.Namespace) -> int:
     _, publications = open_state(args.state_dir)
     pub = publications.by_target(target)
     vol_id = pub.volume_id if pub else volume_id(target)
-    if pub is None and not mounts.is_mount_point(target):
+    if pub is None and not kernel.is_mount_point(target):
         raise errors.NotFound(
             f"nothing is published at {target} (state dir {args.state_dir}); `oci-volume-csi inspect` lists what is"
         )

@@ -14,12 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import errors, mounts
-from ..cache import IN_USE, Budget, Tree, cache_bytes, collect
-from ..publications import Publication, Publications
-from ..store import Store
-from ..units import size
-from .output import emit, fields, iso, plural, short, table, when
+from csi_driver import errors
+from csi_driver.cli.output import emit, fields, iso, plural, short, table, when
+from csi_driver.content.cache import IN_USE, Budget, Tree, cache_bytes, collect
+from csi_driver.content.store import Store
+from csi_driver.mounts import kernel
+from csi_driver.mounts.publications import Publication, Publications
+from csi_driver.units import size
 
 
 def open_state(path: str) -> tuple[Store, Publications]:
@@ -43,7 +44,7 @@ def _volume(store: Store, pub: Publication) -> dict[str, Any]:
         "mounted_since": iso(pub.published_at),
         "bytes": size_bytes,
         "entries": entries,
-        "health": mounts.target_state(pub.target),
+        "health": kernel.target_state(pub.target),
     }
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from csi_driver import errors
 from csi_driver.reference import Reference, valid_digest
-from csi_driver.registry import RegistryClient
+from csi_driver.registry.client import RegistryClient
 from csi_driver.verify import bundle, cosign
 
 # cosign 2 with --registry-referrers-mode=oci-1-1 stores a simple-signing manifest as a referrer.

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from csi_driver.reference import Reference
-from csi_driver.registry import RegistryClient
+from csi_driver.registry.client import RegistryClient
 from csi_driver.verify import evidence, lookup
 from csi_driver.verify.evidence import Outcome
 from csi_driver.verify.lookup import Signature

@@ -50,10 +50,11 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from . import mounts, viewlock
-from .reference import valid_digest
-from .store import Store
-from .tree import ROOT, Entry, Kind
+from csi_driver.content.store import Store
+from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.mounts import kernel
+from csi_driver.reference import valid_digest
+from csi_driver.views import viewlock
 
 log = logging.getLogger(__name__)
 
@@ -523,14 +524,14 @@ def _clear_mountpoint(mountpoint: Path) -> None:
     A live view there (one whose server holds no view lock: an older driver's) is refused:
     stacking a second one would split the volumes between two servers.
     """
-    state = mounts.path_state(str(mountpoint))
+    state = kernel.path_state(str(mountpoint))
     if state == "missing":
         mountpoint.mkdir(parents=True, exist_ok=True)
     elif state == "dead":
         log.warning("detaching the dead FUSE view at %s", mountpoint)
-        mounts.unmount(str(mountpoint))
+        kernel.unmount(str(mountpoint))
     else:
-        existing = mounts.find_mount(str(mountpoint))
+        existing = kernel.find_mount(str(mountpoint))
         if existing is not None and existing.fs_type == FS_TYPE:
             raise RuntimeError(f"a live {FS_TYPE} view is already mounted at {mountpoint}; not mounting another")
 

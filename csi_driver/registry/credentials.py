@@ -33,9 +33,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import credentialprovider, errors
-from .dockerconfig import AuthIndex, Credentials
-from .reference import Reference
+from csi_driver import errors
+from csi_driver.reference import Reference
+from csi_driver.registry import credentialprovider
+from csi_driver.registry.dockerconfig import AuthIndex, Credentials
 
 log = logging.getLogger(__name__)
 

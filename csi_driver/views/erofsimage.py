@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from .tree import Entry, Kind
+from csi_driver.layout.tree import Entry, Kind
 
 BLOCK_BITS = 9
 BLOCK = 1 << BLOCK_BITS

@@ -14,15 +14,16 @@ import os
 import threading
 from collections.abc import Iterator
 
-from . import errors, logs, mounts
-from ._pb import csi_pb2, csi_pb2_grpc
-from .authorize import AccessChecks
-from .credentials import Keyring
-from .publications import Publication, Publications
-from .pull import PullConfig, pull
-from .spec import check_target_path, check_volume_id, check_volume_path, from_publish_request
-from .store import Store
-from .views import BindView, FuseView
+from csi_driver import errors, logs
+from csi_driver._pb import csi_pb2, csi_pb2_grpc
+from csi_driver.content.pull import PullConfig, pull
+from csi_driver.content.store import Store
+from csi_driver.csi.spec import check_target_path, check_volume_id, check_volume_path, from_publish_request
+from csi_driver.mounts import kernel
+from csi_driver.mounts.publications import Publication, Publications
+from csi_driver.registry.authorize import AccessChecks
+from csi_driver.registry.credentials import Keyring
+from csi_driver.views.choose import BindView, FuseView
 
 
 class VolumeLocks:
@@ -89,7 +90,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 f"volume {volume_id} is published at {pub.target} on this node, not at {request.volume_path!r}"
             )
         size, entries = self.store.usage(pub.digest)
-        state = mounts.target_state(pub.target)
+        state = kernel.target_state(pub.target)
         message = f"{pub.reference} ({pub.digest}) via the {pub.mode} view"
         if state != "ok":
             message = f"{message}: the mount is {'dead' if state == 'dead' else state}; the driver is repairing it"
@@ -111,7 +112,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     f"target {spec.target_path} already holds {existing.reference} "
                     f"(volume {existing.volume_id}); unpublish it first"
                 )
-            if existing and mounts.is_mount_point(spec.target_path):
+            if existing and kernel.is_mount_point(spec.target_path):
                 return csi_pb2.NodePublishVolumeResponse()
             creds = self.keyring.for_pod(spec.secrets, spec.reference)
             digest = pull(
@@ -138,11 +139,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @staticmethod
     def _mount(source: str, target: str, digest: str) -> None:
         """Bind the view onto the target; a target we created is removed again on failure."""
-        created = mounts.make_target(target)
-        if not created and mounts.is_mount_point(target):
+        created = kernel.make_target(target)
+        if not created and kernel.is_mount_point(target):
             return
         try:
-            mounts.bind_readonly(source, target)
+            kernel.bind_readonly(source, target)
         except OSError as exc:
             if created:
                 os.rmdir(target)
@@ -152,8 +153,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = check_volume_id(request.volume_id)
         target = check_target_path(request.target_path)
         with self.locks.hold(volume_id):
-            while mounts.is_mount_point(target):
-                mounts.unmount(target)
+            while kernel.is_mount_point(target):
+                kernel.unmount(target)
             try:
                 os.rmdir(target)
             except FileNotFoundError:

@@ -25,18 +25,19 @@ import grpc
 from google.protobuf import descriptor_pb2  # noqa: F401
 from google.protobuf import text_format
 
-from . import errors, hosts, logs, metrics, progress
-from ._pb import csi_pb2_grpc
-from .cache import Budget, cache_bytes, keep_within_budget
-from .credentials import CredentialSources, Keyring
-from .identity import IdentityService
-from .node import NodeService
-from .publications import Publications
-from .pull import PullConfig
-from .reconcile import reconcile, watch_view
-from .spec import POD_INFO_PREFIX
-from .store import Store
-from .views import BindView, FuseView, open_view
+from csi_driver import errors, logs, metrics, progress
+from csi_driver._pb import csi_pb2_grpc
+from csi_driver.content.cache import Budget, cache_bytes, keep_within_budget
+from csi_driver.content.pull import PullConfig
+from csi_driver.content.store import Store
+from csi_driver.csi.identity import IdentityService
+from csi_driver.csi.node import NodeService
+from csi_driver.csi.spec import POD_INFO_PREFIX
+from csi_driver.mounts.publications import Publications
+from csi_driver.mounts.reconcile import reconcile, watch_view
+from csi_driver.registry import hosts
+from csi_driver.registry.credentials import CredentialSources, Keyring
+from csi_driver.views.choose import BindView, FuseView, open_view
 
 log = logging.getLogger("oci-volume-csi")
 

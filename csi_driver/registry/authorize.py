@@ -18,10 +18,10 @@ import hashlib
 import threading
 import time
 
-from . import errors
-from .credentials import Credentials
-from .reference import Reference
-from .registry import RegistryClient
+from csi_driver import errors
+from csi_driver.reference import Reference
+from csi_driver.registry.client import RegistryClient
+from csi_driver.registry.credentials import Credentials
 
 
 def credential_hash(credentials: Credentials | None) -> str:

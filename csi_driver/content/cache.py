@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import bindview, metrics, units
-from .store import Store
+from csi_driver import metrics, units
+from csi_driver.content.store import Store
+from csi_driver.views import bind
 
 log = logging.getLogger("oci-volume-csi")
 
@@ -73,7 +74,7 @@ class Report:
 
 def cache_bytes(store: Store) -> int:
     """What the store holds on disk: blobs, inflated layers, and extracted bind-mode trees."""
-    trees = sum(store.usage(d)[0] for d in store.committed_digests() if bindview.tree_dir(store.root, d).is_dir())
+    trees = sum(store.usage(d)[0] for d in store.committed_digests() if bind.tree_dir(store.root, d).is_dir())
     return store.stored_bytes() + trees
 
 
@@ -108,7 +109,7 @@ def collect(store: Store, in_use: set[str], budget: Budget) -> Report:
             before = cache_bytes(store)
             removed = Tree(digest, last_used, store.usage(digest)[0])
             store.remove_tree(digest)
-            shutil.rmtree(bindview.tree_dir(store.root, digest), ignore_errors=True)
+            shutil.rmtree(bind.tree_dir(store.root, digest), ignore_errors=True)
             store.remove_unused_blobs(older_than=now - budget.grace)
             report.freed_bytes += before - cache_bytes(store)
         report.removed.append(removed)

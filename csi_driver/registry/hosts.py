@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 
 import oras.defaults
 
-from . import errors
-from .reference import DOCKER_HUB
+from csi_driver import errors
+from csi_driver.reference import DOCKER_HUB
 
 DOCKER_HUB_API = oras.defaults.registry.default_v2_registry["host"]
 CAPABILITIES = frozenset({"pull", "resolve", "push"})

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import errors
+from csi_driver import errors
 
 log = logging.getLogger("oci-volume-csi")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
-from . import __version__
-from ._pb import csi_pb2, csi_pb2_grpc
-from .store import Store
-from .views import BindView, FuseView
+from csi_driver import __version__
+from csi_driver._pb import csi_pb2, csi_pb2_grpc
+from csi_driver.content.store import Store
+from csi_driver.views.choose import BindView, FuseView
 
 
 class IdentityService(csi_pb2_grpc.IdentityServicer):

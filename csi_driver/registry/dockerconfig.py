@@ -28,8 +28,8 @@ import binascii
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from . import errors
-from .reference import DOCKER_HUB
+from csi_driver import errors
+from csi_driver.reference import DOCKER_HUB
 
 Credentials = tuple[str, str]
 

@@ -1,4 +1,4 @@
-"""Mounting an EROFS metadata image (``erofs.py``) with its layer tars as extra devices.
+"""Mounting an EROFS metadata image (``erofsimage.py``) with its layer tars as extra devices.
 
 File-backed (Linux 6.12+, ``CONFIG_EROFS_FS_BACKED_BY_FILE``): the image is the source and each
 tar a ``device=``, all regular files, no loop device. The new mount API is called directly
@@ -28,8 +28,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import erofs, errors, mounts
-from .tree import ROOT, Entry, Kind
+from csi_driver import errors
+from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.mounts import kernel
+from csi_driver.views import erofsimage
 
 # The new mount API has the same syscall numbers on every architecture (allocated after the
 # tables were unified, Linux 5.2); listed per architecture so that a new one is a conscious step.
@@ -71,13 +73,13 @@ def _messages(fs_fd: int) -> str:
 
 def image_devices(image_fd: int) -> int:
     """The number of extra devices an image's superblock names (0 without a device table)."""
-    raw = os.pread(image_fd, erofs.SUPERBLOCK.size, erofs.SUPER_OFFSET)
-    if len(raw) < erofs.SUPERBLOCK.size:
+    raw = os.pread(image_fd, erofsimage.SUPERBLOCK.size, erofsimage.SUPER_OFFSET)
+    if len(raw) < erofsimage.SUPERBLOCK.size:
         raise ValueError("the image is shorter than its superblock")
-    fields = erofs.SUPERBLOCK.unpack(raw)
-    if fields[0] != erofs.SUPER_MAGIC:
+    fields = erofsimage.SUPERBLOCK.unpack(raw)
+    if fields[0] != erofsimage.SUPER_MAGIC:
         raise ValueError("the image has no EROFS superblock")
-    return fields[16] if fields[14] & erofs.FEATURE_INCOMPAT_DEVICE_TABLE else 0
+    return fields[16] if fields[14] & erofsimage.FEATURE_INCOMPAT_DEVICE_TABLE else 0
 
 
 class _ShortPaths:
@@ -164,17 +166,17 @@ def probe(state_dir: Path) -> tuple[bool, str]:
     try:
         with _probe_dir(state_dir) as work:
             device = work / "device"
-            device.write_bytes(bytes(erofs.BLOCK) + _PROBE_BYTES.ljust(erofs.BLOCK, b"\0"))
-            entries = [ROOT, Entry("probe", Kind.FILE, 0o644, size=len(_PROBE_BYTES), source="device", offset=erofs.BLOCK)]
+            device.write_bytes(bytes(erofsimage.BLOCK) + _PROBE_BYTES.ljust(erofsimage.BLOCK, b"\0"))
+            entries = [ROOT, Entry("probe", Kind.FILE, 0o644, size=len(_PROBE_BYTES), source="device", offset=erofsimage.BLOCK)]
             image = work / "image"
-            erofs.write(image, entries, [erofs.Device("device", device.stat().st_size)], erofs.reader(work))
+            erofsimage.write(image, entries, [erofsimage.Device("device", device.stat().st_size)], erofsimage.reader(work))
             target = work / "mnt"
             target.mkdir()
             mount(image, [device], target)
             try:
                 got = (target / "probe").read_bytes()
             finally:
-                mounts.unmount(os.fspath(target))
+                kernel.unmount(os.fspath(target))
     except (OSError, ValueError, errors.DriverError) as exc:  # DriverError: the unmount failed
         return False, f"EROFS file-backed mounts do not work here: {exc}"
     if got != _PROBE_BYTES:

@@ -77,9 +77,9 @@ from urllib.parse import quote, urlsplit
 import urllib3
 import yaml
 
-from . import errors
-from .dockerconfig import AuthIndex
-from .spec import Pod
+from csi_driver import errors
+from csi_driver.csi.spec import Pod
+from csi_driver.registry.dockerconfig import AuthIndex
 
 log = logging.getLogger(__name__)
 

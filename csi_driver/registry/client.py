@@ -66,10 +66,11 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from csi_driver import errors, hosts, metrics
-from csi_driver.hosts import Endpoint
-from csi_driver.manifest import OCI_INDEX
+from csi_driver import errors, metrics
+from csi_driver.layout.manifest import OCI_INDEX
 from csi_driver.reference import Reference, valid_digest
+from csi_driver.registry import hosts
+from csi_driver.registry.hosts import Endpoint
 
 MANIFEST_ACCEPT = ", ".join(oras.defaults.default_manifest_accepted_media_types)
 BLOB_CHUNK = 1024 * 1024

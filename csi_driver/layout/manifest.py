@@ -12,8 +12,8 @@ import json
 import platform as _platform
 from dataclasses import dataclass, field
 
-from . import errors
-from .reference import valid_digest
+from csi_driver import errors
+from csi_driver.reference import valid_digest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -13,8 +13,8 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import errors
-from .reference import Reference, default_pull_policy, parse_reference
+from csi_driver import errors
+from csi_driver.reference import Reference, default_pull_policy, parse_reference
 
 ATTRIBUTES = ("reference", "pullPolicy", "platform")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")

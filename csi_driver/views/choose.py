@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import bindview, errors, mounts, viewlock
-from .store import Store
+from csi_driver import errors
+from csi_driver.content.store import Store
+from csi_driver.mounts import kernel
+from csi_driver.views import bind, viewlock
 
 FUSE_FS_TYPE = "fuse.oci-volume-csi"
 READAHEAD_KB = 1024
@@ -31,11 +33,11 @@ class BindView:
         self.store = store
 
     def path_for(self, digest: str) -> str:
-        tree = bindview.tree_dir(self.store.root, digest)
+        tree = bind.tree_dir(self.store.root, digest)
         if tree.is_dir():
             return str(tree)
         with self.store.single_flight(digest):
-            return str(bindview.materialize(self.store.root, digest, self.store.load_tree(digest)))
+            return str(bind.materialize(self.store.root, digest, self.store.load_tree(digest)))
 
     def healthy(self) -> bool:
         return True
@@ -51,7 +53,7 @@ class FuseView:
 
     def path_for(self, digest: str) -> str:
         path = f"{self.mountpoint}/{digest}"
-        if mounts.path_state(path) != "ok":
+        if kernel.path_state(path) != "ok":
             raise errors.Unavailable(
                 f"the FUSE view does not serve {digest} (view at {self.mountpoint} is down); "
                 "the driver restarts it, retry shortly"
@@ -59,8 +61,8 @@ class FuseView:
         return path
 
     def live(self) -> bool:
-        info = mounts.find_mount(self.mountpoint)
-        return info is not None and info.fs_type == FUSE_FS_TYPE and mounts.path_state(self.mountpoint) == "ok"
+        info = kernel.find_mount(self.mountpoint)
+        return info is not None and info.fs_type == FUSE_FS_TYPE and kernel.path_state(self.mountpoint) == "ok"
 
     def healthy(self) -> bool:
         return self.live()
@@ -85,7 +87,7 @@ class FuseView:
         self._raise_readahead()
 
     def _start(self) -> None:
-        if mounts.path_state(self.mountpoint) == "missing":  # a dead view is detached by the new server
+        if kernel.path_state(self.mountpoint) == "missing":  # a dead view is detached by the new server
             os.makedirs(self.mountpoint)
         output = open(self.store.root / "fuse.log", "ab")
         subprocess.Popen(
@@ -108,7 +110,7 @@ class FuseView:
         lower it again), it holds for the files opened from then on; libfuse already allows
         requests of 1 MiB (``max_pages`` 256). Where /sys is read-only the default stays.
         """
-        info = mounts.find_mount(self.mountpoint)
+        info = kernel.find_mount(self.mountpoint)
         try:
             if info is None:
                 raise FileNotFoundError(self.mountpoint)

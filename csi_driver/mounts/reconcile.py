@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 
-from . import errors, metrics, mounts
-from .publications import Publication, Publications
-from .views import BindView, FuseView
+from csi_driver import errors, metrics
+from csi_driver.mounts import kernel
+from csi_driver.mounts.publications import Publication, Publications
+from csi_driver.views.choose import BindView, FuseView
 
 log = logging.getLogger("oci-volume-csi")
 
@@ -28,8 +29,8 @@ def _rebind(pub: Publication, view: BindView | FuseView) -> None:
     is unmounted, the container holds the dead view for good. Unpublish unmounts the whole
     stack. Called only for a target that is not ``ok``, so a healthy one gains no mount.
     """
-    mounts.make_target(pub.target)
-    mounts.bind_readonly(view.path_for(pub.digest), pub.target)
+    kernel.make_target(pub.target)
+    kernel.bind_readonly(view.path_for(pub.digest), pub.target)
 
 
 def reconcile(publications: Publications, view: BindView | FuseView) -> None:
@@ -39,7 +40,7 @@ def reconcile(publications: Publications, view: BindView | FuseView) -> None:
             log.info("dropping the record of %s: its pod directory %s is gone", pub.volume_id, pub.target)
             publications.drop(pub.volume_id)
             continue
-        if mounts.target_state(pub.target) == "ok":
+        if kernel.target_state(pub.target) == "ok":
             continue
         try:
             _rebind(pub, view)

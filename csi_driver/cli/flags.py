@@ -15,8 +15,8 @@ import re
 from argparse import ArgumentTypeError
 from collections.abc import Callable
 
-from . import errors
-from .reference import parse_reference, valid_host
+from csi_driver import errors
+from csi_driver.reference import parse_reference, valid_host
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -106,7 +106,7 @@ def registry_host(text: str) -> str:
 
 def platform(text: str) -> str:
     """``os/arch[/variant]`` as Go names them."""
-    from .spec import check_platform
+    from csi_driver.csi.spec import check_platform
 
     return _checked(check_platform, text)
 

@@ -2,7 +2,7 @@
 
 This is the middle of the data flow: it asks the registry (``registry.py``) only
 as much as the pull policy requires, hands bytes to the store (``store.py``) to
-verify, and lets ``layout.py`` turn the layers into a tree, which the store then
+verify, and lets ``rules.py`` turn the layers into a tree, which the store then
 commits. It never touches a mount.
 
 Pull policies follow KEP-4639: ``IfNotPresent`` and ``Never`` reuse the node's
@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import errors, layout, manifest, metrics, progress
-from .authorize import AccessChecks
-from .credentials import Credentials
-from .reference import Reference
-from .registry import RegistryClient, RegistryConfig
-from .store import Store
+from csi_driver import errors, metrics, progress
+from csi_driver.content.store import Store
+from csi_driver.layout import rules, manifest
+from csi_driver.reference import Reference
+from csi_driver.registry.authorize import AccessChecks
+from csi_driver.registry.client import RegistryClient, RegistryConfig
+from csi_driver.registry.credentials import Credentials
 
 LAYER_WORKERS = 4
 log = logging.getLogger("oci-volume-csi")
@@ -38,7 +39,7 @@ log = logging.getLogger("oci-volume-csi")
 class PullConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     platform: str = field(default_factory=manifest.node_platform)
-    limits: layout.Limits = field(default_factory=layout.Limits)
+    limits: rules.Limits = field(default_factory=rules.Limits)
     max_layers: int = 128
 
 
@@ -196,9 +197,9 @@ def _ensure_tree(
                 f"{_where(ref, digest)} declares layers of {declared} bytes, more than the limit of "
                 f"{cfg.limits.max_unpacked_bytes} set by --max-unpacked-bytes; raise the flag if the artifact is legitimate"
             )
-        layers = layout.layers_of(image)
+        layers = rules.layers_of(image)
         start = time.monotonic()
-        builder = layout.TreeBuilder(store.root, layers, cfg.limits)
+        builder = rules.TreeBuilder(store.root, layers, cfg.limits)
         with progress.tracking(str(ref), digest, sum(layer.size for layer in layers)) as tracked:
             _ensure_layers(store, client, ref, layers, cfg.limits, builder.fetched, tracked)
         log.debug(
@@ -215,8 +216,8 @@ def _ensure_layers(
     store: Store,
     client: RegistryClient,
     ref: Reference,
-    layers: list[layout.Layer],
-    limits: layout.Limits,
+    layers: list[rules.Layer],
+    limits: rules.Limits,
     fetched: Callable[[int], None],
     tracked: progress.Pull,
 ) -> None:
@@ -247,9 +248,9 @@ def _ensure_layers(
 
 
 def _ensure_layer(
-    store: Store, client: RegistryClient, ref: Reference, layer: layout.Layer, limits: layout.Limits, tracked: progress.Pull
+    store: Store, client: RegistryClient, ref: Reference, layer: rules.Layer, limits: rules.Limits, tracked: progress.Pull
 ) -> None:
-    compression = layout.compression(layer.media_type) if layout.may_unpack(layer) else None
+    compression = rules.compression(layer.media_type) if rules.may_unpack(layer) else None
     with store.single_flight(layer.digest):
         if store.has_blob(layer.digest) and (not compression or store.has_blob(layer.digest, decoded=True)):
             metrics.BLOBS.labels("cache").inc()

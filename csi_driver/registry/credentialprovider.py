@@ -40,8 +40,8 @@ from pathlib import Path
 
 import yaml
 
-from . import errors
-from .dockerconfig import AuthIndex, Credentials, Pattern, matches, pattern
+from csi_driver import errors
+from csi_driver.registry.dockerconfig import AuthIndex, Credentials, Pattern, matches, pattern
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from csi_driver import errors
-from csi_driver.layout import depth_first
-from csi_driver.store import digest_hex
-from csi_driver.tree import ROOT, Entry, Kind
+from csi_driver.content.store import digest_hex
+from csi_driver.layout.rules import depth_first
+from csi_driver.layout.tree import ROOT, Entry, Kind
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

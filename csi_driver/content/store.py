@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-from . import errors
-from .inflate import ERRORS as INFLATE_ERRORS, Decoder
-from .reference import valid_digest
-from .tree import KINDS, ROOT, Entry, Kind
+from csi_driver import errors
+from csi_driver.content.inflate import ERRORS as INFLATE_ERRORS, Decoder
+from csi_driver.layout.tree import KINDS, ROOT, Entry, Kind
+from csi_driver.reference import valid_digest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
