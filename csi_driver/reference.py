@@ -146,3 +146,10 @@ def _split_registry(name: str) -> tuple[str, str]:
     if registry == DOCKER_HUB and "/" not in repository:
         repository = f"library/{repository}"
     return registry, repository
+
+
+def digest_hex(digest: str) -> str:
+    """The hex part of a sha256 digest; anything else could name a path outside the store."""
+    if not valid_digest(digest):
+        raise errors.InvalidArgument(f"unsupported digest {digest!r}: only sha256:<64 lowercase hex digits> is supported")
+    return digest.removeprefix("sha256:")

@@ -20,10 +20,9 @@ import random
 from pathlib import Path
 
 from csi_driver import errors
-from csi_driver.content.store import blob_relpath, decoded_relpath
 from csi_driver.layout import rules
 from csi_driver.layout.rules import TITLE, UNPACK, Layer, Limits
-from csi_driver.layout.tree import Entry, Kind
+from csi_driver.layout.tree import blob_relpath, decoded_relpath, Entry, Kind
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 TGZ = "application/vnd.oci.image.layer.v1.tar+gzip"

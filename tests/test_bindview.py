@@ -19,9 +19,8 @@ import pytest
 import zstandard
 
 from csi_driver import errors
-from csi_driver.content.store import blob_relpath
 from csi_driver.layout.rules import TITLE, Layer, Limits, build_tree, compression, depth_first, tar_path
-from csi_driver.layout.tree import Entry, Kind
+from csi_driver.layout.tree import blob_relpath, Entry, Kind
 from csi_driver.views import bind
 from csi_driver.views.bind import materialize, tree_dir
 

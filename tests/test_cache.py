@@ -17,6 +17,7 @@ from csi_driver.content.cache import cache_bytes
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
 from csi_driver.views import bind
+from csi_driver.views.choose import Copies
 from driver import run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -54,7 +55,7 @@ def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
         store = Store(d.state_dir)
         oldest, middle, in_use = (digest for digest, _ in store.trees_by_age())
 
-        out = cache_gc(d.state_dir, "--cache-max-bytes", str(cache_bytes(store) - 1))
+        out = cache_gc(d.state_dir, "--cache-max-bytes", str(cache_bytes(store, Copies(store)) - 1))
         assert re.search(rf"^removed +{oldest} ", out, re.MULTILINE) and middle not in out
         assert store.committed_digests() == sorted([middle, in_use])
         assert not store.has_blob(sha256(own[0])) and store.has_blob(sha256(shared))

@@ -25,7 +25,7 @@ import yaml
 from csi_driver import DEFAULT_DRIVER_NAME
 from csi_driver.__main__ import _parser
 from csi_driver.mounts import kernel
-from csi_driver.views.choose import FUSE_FS_TYPE
+from csi_driver.views.fuse import FUSE_FS_TYPE
 from manifests import (
     DEPLOY,
     KUBERNETES_VERSIONS,

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 import fuzzing
 from csi_driver import errors
-from csi_driver.content.store import blob_relpath, decoded_relpath
 from csi_driver.csi.spec import check_target_path
 from csi_driver.layout import manifest
 from csi_driver.layout.rules import TITLE, UNPACK, Layer, Limits
+from csi_driver.layout.tree import blob_relpath, decoded_relpath
 from csi_driver.reference import Reference, parse_reference
 
 BUDGET = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

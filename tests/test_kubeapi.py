@@ -16,8 +16,8 @@ from kube_api_stub import (
 )  # fmt: skip
 
 from csi_driver import errors
-from csi_driver.csi.spec import Pod
 from csi_driver.registry import kubeapi
+from csi_driver.registry.kubeapi import Pod
 
 NS, POD, UID = "team-a", "app-0", "6f1c0a52-3f7e-4a44-9d3b-6d0f8f0c2a11"
 TOKEN = "sa-token-Kq3vZ"

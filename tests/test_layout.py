@@ -15,10 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csi_driver import errors
-from csi_driver.content.store import blob_relpath
 from csi_driver.layout.manifest import Descriptor, ImageManifest
 from csi_driver.layout.rules import OCI_TAR_GZIP, TITLE, UNPACK, Layer, Limits, TreeBuilder, build_tree, compression, layers_of, may_unpack, tar_path
-from csi_driver.layout.tree import Entry, Kind
+from csi_driver.layout.tree import blob_relpath, Entry, Kind
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -28,7 +28,7 @@ from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver._pb import csi_pb2
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
-from csi_driver.views import choose
+from csi_driver.views import fuse
 from driver import Driver, cleanup_mounts_under, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -159,17 +159,17 @@ def test_the_views_readahead_is_raised_so_large_files_arrive_in_1_mib_requests_a
 ) -> None:
     with published_plugin(registry, plugin, tmp_path, kubelet_root) as (d, request):
         target = Path(request.target_path)
-        assert view_readahead_kb(d) == choose.READAHEAD_KB == 1024
+        assert view_readahead_kb(d) == fuse.READAHEAD_KB == 1024
         kill_the_view_and_wait_for_its_repair(d, target)
-        assert view_readahead_kb(d) == choose.READAHEAD_KB
+        assert view_readahead_kb(d) == fuse.READAHEAD_KB
         d.unpublish(unpublish_request(request))
 
 
 def test_a_read_only_sys_leaves_the_views_readahead_as_it_is_and_only_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    view = choose.FuseView(Store(tmp_path))
-    info = kernel.MountInfo(view.mountpoint, "/", choose.FUSE_FS_TYPE, "oci-volume-csi", frozenset({"ro"}), "0:999")
+    view = fuse.FuseView(Store(tmp_path))
+    info = kernel.MountInfo(view.mountpoint, "/", fuse.FUSE_FS_TYPE, "oci-volume-csi", frozenset({"ro"}), "0:999")
     monkeypatch.setattr(kernel, "find_mount", lambda path: info if path == view.mountpoint else None)
 
     def read_only(self: Path, text: str) -> int:

@@ -20,8 +20,8 @@ import zstandard
 from csi_driver import errors
 from csi_driver.content import store as store_module
 from csi_driver.content.inflate import PIECE, Decoder
-from csi_driver.content.store import Store, blob_relpath, decoded_relpath
-from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.content.store import Store
+from csi_driver.layout.tree import blob_relpath, decoded_relpath, ROOT, Entry, Kind
 
 
 def digest_of(data: bytes) -> str:

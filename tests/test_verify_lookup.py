@@ -162,7 +162,6 @@ def test_without_referrers_api_both_tags_are_read_in_order(registry, tmp_path):
 
 
 def test_the_lookup_stops_when_the_first_signature_decides(registry, tmp_path):
-    from csi_driver.verify.verdict import verify
     repo = "verify/lazy"
     pushed = push_klaus(registry, f"{repo}:v1", PLUGIN_TREE, tmp_path / "push")
     key = ec.generate_private_key(ec.SECP256R1())

@@ -25,9 +25,9 @@ from typing import Any
 from csi_driver import errors
 from csi_driver.cli.output import emit, fields, plural, progress, pulling, short, table
 from csi_driver.content.pull import PullConfig, pull
-from csi_driver.content.store import Store, blob_relpath
+from csi_driver.content.store import Store
 from csi_driver.layout import rules, manifest
-from csi_driver.layout.tree import Entry, Kind
+from csi_driver.layout.tree import blob_relpath, Entry, Kind
 from csi_driver.progress import in_flight
 from csi_driver.reference import Reference, parse_reference
 from csi_driver.registry.authorize import AccessChecks

@@ -21,6 +21,7 @@ from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
 from csi_driver.mounts.publications import Publication, Publications
 from csi_driver.units import size
+from csi_driver.views.choose import Copies
 
 
 def open_state(path: str) -> tuple[Store, Publications]:
@@ -113,7 +114,7 @@ def cache_ls(args: argparse.Namespace) -> int:
                 "in_use": in_use[digest],
             }
         )
-    emit(args.output, {"cache_bytes": cache_bytes(store), "digests": digests}, _cache_text)
+    emit(args.output, {"cache_bytes": cache_bytes(store, Copies(store)), "digests": digests}, _cache_text)
     return 0
 
 
@@ -137,7 +138,7 @@ def cache_gc(args: argparse.Namespace) -> int:
     """Collect now what ``serve`` would collect next: unused content, least recently used first."""
     store, publications = open_state(args.state_dir)
     volumes = collections.Counter(pub.digest for pub in publications.all())
-    report = collect(store, set(volumes), Budget(args.cache_max_bytes, args.cache_min_free, args.grace))
+    report = collect(store, Copies(store), set(volumes), Budget(args.cache_max_bytes, args.cache_min_free, args.grace))
 
     def tree(t: Tree) -> dict[str, Any]:
         return {"digest": t.digest, "bytes": t.bytes, "last_used": iso(t.last_used)}

@@ -12,17 +12,26 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from csi_driver import metrics, units
 from csi_driver.content.store import Store
-from csi_driver.views import bind
 
 log = logging.getLogger("oci-volume-csi")
+
+
+class ViewCopies(Protocol):
+    """What the views keep of a digest outside the store (bind mode's extracted trees): the
+    budget counts it, and a digest's is released before its content is removed. The views
+    provide one (``csi_driver.views.choose.Copies``); the store never reaches for them."""
+
+    def held_bytes(self, digest: str) -> int: ...
+
+    def release(self, digest: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,9 @@ class Report:
         return why
 
 
-def cache_bytes(store: Store) -> int:
-    """What the store holds on disk: blobs, inflated layers, and extracted bind-mode trees."""
-    trees = sum(store.usage(d)[0] for d in store.committed_digests() if bind.tree_dir(store.root, d).is_dir())
-    return store.stored_bytes() + trees
+def cache_bytes(store: Store, copies: ViewCopies) -> int:
+    """What the store holds on disk: blobs, inflated layers, and the views' copies (bind-mode trees)."""
+    return store.stored_bytes() + sum(copies.held_bytes(d) for d in store.committed_digests())
 
 
 def _free(store: Store, budget: Budget) -> tuple[int, int]:
@@ -85,37 +93,37 @@ def _free(store: Store, budget: Budget) -> tuple[int, int]:
     return free, int(total * budget.min_free) if isinstance(budget.min_free, float) else budget.min_free
 
 
-def _excess(store: Store, budget: Budget) -> int:
+def _excess(store: Store, copies: ViewCopies, budget: Budget) -> int:
     """Bytes to free to meet the budget (0 when met)."""
     excess = 0
     if budget.max_bytes is not None:
-        excess = cache_bytes(store) - budget.max_bytes
+        excess = cache_bytes(store, copies) - budget.max_bytes
     free, wanted_free = _free(store, budget)
     return max(excess, wanted_free - free, 0)
 
 
-def collect(store: Store, in_use: set[str], budget: Budget) -> Report:
+def collect(store: Store, copies: ViewCopies, in_use: set[str], budget: Budget) -> Report:
     """Remove unused trees, least recently used first, while the budget is exceeded."""
     report = Report()
     now = time.time()
     for digest, last_used in store.trees_by_age():
-        if _excess(store, budget) <= 0:
+        if _excess(store, copies, budget) <= 0:
             break
         if digest in in_use or last_used > now - budget.grace:
             reason = IN_USE if digest in in_use else RECENT
             report.kept.append(Tree(digest, last_used, store.usage(digest)[0], reason))
             continue
         with store.single_flight(digest):
-            before = cache_bytes(store)
+            before = cache_bytes(store, copies)
             removed = Tree(digest, last_used, store.usage(digest)[0])
             store.remove_tree(digest)
-            shutil.rmtree(bind.tree_dir(store.root, digest), ignore_errors=True)
+            copies.release(digest)
             store.remove_unused_blobs(older_than=now - budget.grace)
-            report.freed_bytes += before - cache_bytes(store)
+            report.freed_bytes += before - cache_bytes(store, copies)
         report.removed.append(removed)
         log.info("cache: removed %s, unused since %s", digest, time.strftime("%F %T", time.localtime(last_used)))
-    report.cache_bytes = cache_bytes(store)
-    report.over_budget_bytes = _excess(store, budget)
+    report.cache_bytes = cache_bytes(store, copies)
+    report.over_budget_bytes = _excess(store, copies, budget)
     report.free_bytes, report.wanted_free_bytes = _free(store, budget)
     if report.over_budget_bytes:
         metrics.CACHE_OVER_BUDGET.inc()
@@ -128,6 +136,7 @@ def collect(store: Store, in_use: set[str], budget: Budget) -> Report:
 
 def keep_within_budget(
     store: Store,
+    copies: ViewCopies,
     in_use: Callable[[], set[str]],
     budget: Budget,
     stop: threading.Event,
@@ -142,7 +151,7 @@ def keep_within_budget(
         if stop.is_set():
             return
         try:
-            collect(store, in_use(), budget)
+            collect(store, copies, in_use(), budget)
         except Exception:  # noqa: BLE001 - a failed round must not end collection for good
             log.exception("cache: collection failed; retrying later")
         stop.wait(min_gap)

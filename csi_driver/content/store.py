@@ -47,8 +47,9 @@ from typing import BinaryIO
 
 from csi_driver import errors
 from csi_driver.content.inflate import ERRORS as INFLATE_ERRORS, Decoder
-from csi_driver.layout.tree import KINDS, ROOT, Entry, Kind
-from csi_driver.reference import valid_digest
+from csi_driver.database import open_database
+from csi_driver.layout.tree import KINDS, ROOT, Entry, Kind, blob_relpath, decoded_relpath
+from csi_driver.reference import digest_hex
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -131,37 +132,6 @@ _LEGACY_ROWS = "SELECT path, kind, mode, uid, gid, mtime, size, link, source, of
 def _as_entries(rows: Iterable[tuple]) -> Iterator[Entry]:
     """Entries from stored rows (path, kind value, mode, uid, gid, mtime, size, link, source, offset)."""
     return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
-
-
-def open_database(path: Path) -> sqlite3.Connection:
-    """A connection to one of the driver's SQLite files (the store's, the publications').
-
-    Autocommit (transactions are explicit), WAL so that readers in other threads and in the
-    FUSE view never wait on a writer, and commits that reach the OS but are not flushed to the
-    disk (``synchronous=NORMAL``): everything survives a killed driver; a power loss, which
-    might lose the last commits, also unmounts every volume, and the next start reconciles.
-    """
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-def digest_hex(digest: str) -> str:
-    """The hex part of a sha256 digest; anything else could name a path outside the store."""
-    if not valid_digest(digest):
-        raise errors.InvalidArgument(f"unsupported digest {digest!r}: only sha256:<64 lowercase hex digits> is supported")
-    return digest.removeprefix("sha256:")
-
-
-def blob_relpath(digest: str) -> str:
-    """Where a verified blob lives, relative to the state dir."""
-    return f"blobs/sha256/{digest_hex(digest)}"
-
-
-def decoded_relpath(digest: str) -> str:
-    """Where the inflated tar of a compressed layer lives, relative to the state dir."""
-    return f"layers/sha256/{digest_hex(digest)}.tar"
 
 
 class _Inflater:

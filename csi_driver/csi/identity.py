@@ -7,11 +7,11 @@ from google.protobuf import wrappers_pb2
 from csi_driver import __version__
 from csi_driver._pb import csi_pb2, csi_pb2_grpc
 from csi_driver.content.store import Store
-from csi_driver.views.choose import BindView, FuseView
+from csi_driver.views.choose import View
 
 
 class IdentityService(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, driver_name: str, store: Store, view: BindView | FuseView) -> None:
+    def __init__(self, driver_name: str, store: Store, view: View) -> None:
         self.driver_name = driver_name
         self.store = store
         self.view = view

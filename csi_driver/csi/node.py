@@ -23,7 +23,7 @@ from csi_driver.mounts import kernel
 from csi_driver.mounts.publications import Publication, Publications
 from csi_driver.registry.authorize import AccessChecks
 from csi_driver.registry.credentials import Keyring
-from csi_driver.views.choose import BindView, FuseView
+from csi_driver.views.choose import View
 
 
 class VolumeLocks:
@@ -52,7 +52,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         node_id: str,
         store: Store,
         publications: Publications,
-        view: BindView | FuseView,
+        view: View,
         pull_config: PullConfig,
         keyring: Keyring,
     ) -> None:

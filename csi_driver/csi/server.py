@@ -34,10 +34,11 @@ from csi_driver.csi.identity import IdentityService
 from csi_driver.csi.node import NodeService
 from csi_driver.csi.spec import POD_INFO_PREFIX
 from csi_driver.mounts.publications import Publications
-from csi_driver.mounts.reconcile import reconcile, watch_view
+from csi_driver.mounts.reconcile import reconcile
 from csi_driver.registry import hosts
 from csi_driver.registry.credentials import CredentialSources, Keyring
-from csi_driver.views.choose import BindView, FuseView, open_view
+from csi_driver.views.choose import Copies, View, open_view
+from csi_driver.views.fuse import FuseView, watch_view
 
 log = logging.getLogger("oci-volume-csi")
 
@@ -127,9 +128,9 @@ class ServeOptions:
     workers: int = 16
 
 
-def _state(store: Store, publications: Publications, view: BindView | FuseView, in_use: set[str]) -> dict[str, float]:
+def _state(store: Store, publications: Publications, view: View, in_use: set[str]) -> dict[str, float]:
     return {
-        "cache_bytes": cache_bytes(store),
+        "cache_bytes": cache_bytes(store, Copies(store)),
         "cache_digests": len(store.committed_digests()),
         "in_use_digests": len(in_use),
         "publications": len(publications.all()),
@@ -184,7 +185,7 @@ def serve(opts: ServeOptions) -> int:
             raise SystemExit(f"oci-volume-csi serve: --metrics-address {opts.metrics_address}: {exc.strerror}") from None
 
     threading.Thread(target=progress.log_progress, args=(stop, opts.progress_interval), name="progress", daemon=True).start()
-    collector = (store, in_use, opts.budget, stop, node.content_added)
+    collector = (store, Copies(store), in_use, opts.budget, stop, node.content_added)
     threading.Thread(target=keep_within_budget, args=collector, name="cache-gc", daemon=True).start()
     stop.wait()
     log.info("stopping: mounts stay in place")

@@ -15,21 +15,11 @@ from dataclasses import dataclass, field
 
 from csi_driver import errors
 from csi_driver.reference import Reference, default_pull_policy, parse_reference
+from csi_driver.registry.kubeapi import Pod
 
 ATTRIBUTES = ("reference", "pullPolicy", "platform")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 POD_INFO_PREFIX = "csi.storage.k8s.io/"
-
-
-@dataclass(frozen=True)
-class Pod:
-    namespace: str = ""
-    name: str = ""
-    uid: str = ""
-    service_account: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.name else "(unknown pod)"
 
 
 @dataclass(frozen=True)

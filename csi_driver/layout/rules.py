@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_driver import errors
-from csi_driver.content.store import blob_relpath, decoded_relpath
 from csi_driver.layout.manifest import ImageManifest
-from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.layout.tree import blob_relpath, decoded_relpath, ROOT, Entry, Kind
 
 TITLE = "org.opencontainers.image.title"
 UNPACK = "io.deis.oras.content.unpack"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from csi_driver.reference import digest_hex
+
 
 class Kind:
     """An entry's kind: one of three plain strings, compared by identity (``is``).
@@ -57,3 +59,13 @@ class Entry(NamedTuple):
 
 
 ROOT = Entry(path="", kind=Kind.DIR, mode=0o755)
+
+
+def blob_relpath(digest: str) -> str:
+    """Where a verified blob lives, relative to the state dir."""
+    return f"blobs/sha256/{digest_hex(digest)}"
+
+
+def decoded_relpath(digest: str) -> str:
+    """Where the inflated tar of a compressed layer lives, relative to the state dir."""
+    return f"layers/sha256/{digest_hex(digest)}.tar"

@@ -16,7 +16,7 @@ import time
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
-from csi_driver.content.store import open_database
+from csi_driver.database import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS publications (

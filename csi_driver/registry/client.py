@@ -67,11 +67,11 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from csi_driver import errors, metrics
-from csi_driver.layout.manifest import OCI_INDEX
 from csi_driver.reference import Reference, valid_digest
 from csi_driver.registry import hosts
 from csi_driver.registry.hosts import Endpoint
 
+REFERRERS_ACCEPT = "application/vnd.oci.image.index.v1+json"  # the referrers API answers an OCI index
 MANIFEST_ACCEPT = ", ".join(oras.defaults.default_manifest_accepted_media_types)
 BLOB_CHUNK = 1024 * 1024
 _SMALL_CHUNK = 64 * 1024
@@ -300,7 +300,7 @@ class RegistryClient:
         subject = f"referrers of {digest} in {ref.registry}/{ref.repository}"
         _check_digest_argument(digest, subject)
         try:
-            with self._request(ref, "GET", f"referrers/{digest}", OCI_INDEX, subject, "pull") as response:
+            with self._request(ref, "GET", f"referrers/{digest}", REFERRERS_ACCEPT, subject, "pull") as response:
                 return self._read_manifest(response, subject)
         except errors.NotFound:
             return None

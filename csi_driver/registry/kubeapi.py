@@ -78,7 +78,6 @@ import urllib3
 import yaml
 
 from csi_driver import errors
-from csi_driver.csi.spec import Pod
 from csi_driver.registry.dockerconfig import AuthIndex
 
 log = logging.getLogger(__name__)
@@ -90,6 +89,19 @@ DEFAULT_SECRET_TTL = 10.0
 DEFAULT_MAX_CACHED = 256
 RBAC_NEEDED = "get on pods, secrets and serviceaccounts (in every namespace whose pods use the driver)"
 _KINDS = {"pods": "pod", "secrets": "secret", "serviceaccounts": "service account"}
+
+
+@dataclass(frozen=True)
+class Pod:
+    """The pod a volume is for, as the kubelet names it in the pod info (all empty when it sends none)."""
+
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    service_account: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.name else "(unknown pod)"
 
 
 @dataclass(frozen=True)

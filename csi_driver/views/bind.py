@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from csi_driver import errors
-from csi_driver.content.store import digest_hex
+from csi_driver.content.store import Store
 from csi_driver.layout.rules import depth_first
 from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.reference import digest_hex
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -185,3 +186,31 @@ class _Builder:
                     "the store is damaged: remove that file so that the next pull fetches it again"
                 )
             offset += copied
+
+
+class BindView:
+    """Volumes are read-only binds of the digest's extracted tree, extracted at its first publish."""
+
+    mode = "bind"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def path_for(self, digest: str) -> str:
+        tree = tree_dir(self.store.root, digest)
+        if tree.is_dir():
+            return str(tree)
+        with self.store.single_flight(digest):
+            return str(materialize(self.store.root, digest, self.store.load_tree(digest)))
+
+    def healthy(self) -> bool:
+        return True
+
+    def held_bytes(self, digest: str) -> int:
+        """The unpacked size of the digest's extracted tree, when it has one: a copy the cache
+        budget counts on top of the store's blobs."""
+        return self.store.usage(digest)[0] if tree_dir(self.store.root, digest).is_dir() else 0
+
+    def release(self, digest: str) -> None:
+        """Delete the digest's extracted tree, before the store forgets the digest."""
+        shutil.rmtree(tree_dir(self.store.root, digest), ignore_errors=True)
