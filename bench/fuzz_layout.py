@@ -5,7 +5,7 @@ Each archive is generated from its seed by ``tests/fuzzing.py`` (tar headers wri
 byte: ``..``, absolute names, symlinks and hardlinks out of the tree or written through,
 hostile whiteouts and ORAS titles, PAX records with NUL bytes, negative or huge sizes, NaN
 times, base-256 owners, bad checksums, truncations, flipped bytes; one to three layers placed
-by any of DESIGN's rules). For each, the run checks that build_tree either refuses with a
+by any of the placement rules). For each, the run checks that build_tree either refuses with a
 ``DriverError`` or returns a tree with every property ``fuzzing.check_tree`` states (nothing
 outside the tree, nothing through a symlink, bytes inside store files, names, owners, modes
 and times a file system can hold, the limits kept), and, with ``--differential``, that its

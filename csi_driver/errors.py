@@ -1,4 +1,4 @@
-"""Driver exceptions, one per gRPC status code of DESIGN.md's error table.
+"""Driver exceptions, one per gRPC status code of the errors table (docs/errors.md).
 
 Every step raises these; only ``server.py`` turns them into gRPC statuses, so no
 module below the gRPC layer imports grpc: codes are ``grpc.StatusCode`` member names

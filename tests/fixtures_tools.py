@@ -126,7 +126,7 @@ def make_tree(root: Path, spec: Spec) -> Path:
 def reference_walk(root: Path) -> Walk:
     """What a volume of the tree at ``root`` must show, in the shape of ``driver.walk``.
 
-    DESIGN.md: modes lose setuid/setgid, device nodes and FIFOs are not shown (nor
+    docs/layout-rules.md: modes lose setuid/setgid, device nodes and FIFOs are not shown (nor
     sockets). Hardlinks appear as files with the same bytes.
     """
     seen: Walk = {}
@@ -145,7 +145,7 @@ def reference_walk(root: Path) -> Walk:
 
 
 def under(prefix: str, walk: Walk) -> Walk:
-    """``walk`` moved below ``prefix`` (``a/b``), with ``prefix``'s parents as DESIGN's implicit 0755 dirs."""
+    """``walk`` moved below ``prefix`` (``a/b``), with ``prefix``'s parents as the implicit 0755 dirs of docs/layout-rules.md."""
     out: Walk = {}
     parts = prefix.split("/")
     for i in range(1, len(parts)):
@@ -156,7 +156,7 @@ def under(prefix: str, walk: Walk) -> Walk:
 
 
 def oras_file(title: str, data: bytes) -> Walk:
-    """DESIGN rule 4: an ORAS file push is its blob at the title, 0644, parents 0755, root-owned."""
+    """rule 4: an ORAS file push is its blob at the title, 0644, parents 0755, root-owned."""
     parts = title.split("/")
     out: Walk = {"/".join(parts[:i]): ("dir", 0o755, 0, 0, b"") for i in range(1, len(parts))}
     out[title] = ("file", 0o644, 0, 0, data)
@@ -422,7 +422,7 @@ def build_klaus_oras_cli(registry: str, workdir: Path) -> Fixture:
 def build_klaus_hand(registry: str, workdir: Path, titled: bool) -> Fixture:
     """A Klaus content layer by hand: titled (``gs-platform``, no unpack annotation) or not.
 
-    Either way DESIGN rule 2 unpacks it at the volume root. The untitled one is packed
+    Either way rule 2 unpacks it at the volume root. The untitled one is packed
     without ``./`` (``tar czf … -C dir .claude-plugin skills …``) and its manifest leaves
     out ``mediaType``, as older tools do: the driver must recognise it by its ``layers``.
     """
@@ -603,7 +603,7 @@ def build_toolhive_skill(registry: str) -> Fixture:
 
 
 def build_unknown_media_type(registry: str, workdir: Path) -> tuple[Fixture, str]:
-    """An untitled layer of media type ``application/x-unknown``: DESIGN rule 5 refuses it."""
+    """An untitled layer of media type ``application/x-unknown``: rule 5 refuses it."""
     repo = "kinds/unknown-layer"
     ok = upload_blob(registry, repo, gzip.compress(b"\0" * 1024, mtime=0), OCI_TAR_GZIP)  # an empty tar
     bad = upload_blob(registry, repo, b"opaque bytes nobody can place\n", "application/x-unknown")

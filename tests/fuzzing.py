@@ -5,7 +5,7 @@ Shared by the hypothesis properties in ``test_fuzz.py`` (a small budget in CI) a
 headers byte by byte, so it reaches what ``tarfile`` would never write: ``..`` and absolute
 names, symlinks and hardlinks aimed out of the tree or written through, whiteouts of ``..``,
 PAX records with NUL bytes, negative or huge sizes, NaN times, base-256 owners, bad checksums,
-truncations and flipped bytes, in one to three layers placed by any of DESIGN's rules.
+truncations and flipped bytes, in one to three layers placed by any of the placement rules.
 
 ``check_tree`` states what ``rules.build_tree`` guarantees for whatever it accepts: every
 entry lies inside the tree (a normalised relative path whose every ancestor is a directory of

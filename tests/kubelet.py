@@ -1,6 +1,6 @@
 """Requests shaped exactly as a kubelet sends them for an ephemeral inline CSI volume.
 
-See DESIGN.md "What the kubelet sends": a ``csi-<64 hex>`` volume id, a target
+What a real kubelet (1.26, 1.34) sends: a ``csi-<64 hex>`` volume id, a target
 ``.../pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`` whose parent exists, a
 mount capability with empty fs type and flags, pod info in the volume context,
 and ``readonly`` left unset (absent on the wire) when false. The requests are the

@@ -1,4 +1,4 @@
-"""Every artifact kind mounts as its own tools lay it out (issue 4; DESIGN.md "What appears
+"""Every artifact kind mounts as its own tools lay it out (issue 4; docs/layout-rules.md "What appears
 in the volume").
 
 Each kind is made by the tool its users use (``fixtures_tools.py`` says which), pushed to the

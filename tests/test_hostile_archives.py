@@ -1,7 +1,7 @@
 """The hostile-archive corpus (issue 7): each case is an artifact built to attack the node, pushed
 as it is to the real registry, and published through the real ``serve`` in both data planes.
 
-Refused cases must answer the code of DESIGN.md's table with a message naming the layer digest
+Refused cases must answer the code of docs/errors.md with a message naming the layer digest
 and the entry (or the limit's flag); neutralised cases (setuid bits, devices, symlinks kept as
 stored, whiteouts through symlinks) must publish exactly what the rules say. Either way
 ``hostile.Watch`` proves nothing was created outside the state dir and the target, no mount is

@@ -2,7 +2,7 @@
 stalls, redirects and bloats, published through the real ``serve``.
 
 Each case scripts one repository of the stub and publishes it; the driver must answer the code
-of DESIGN.md's table with a message naming the digest, host or flag, leave nothing behind
+of docs/errors.md with a message naming the digest, host or flag, leave nothing behind
 (``hostile.Watch``) and still publish a good plugin from the real registry afterwards. The data
 plane does not matter here (nothing lying gets that far), so one bind-mode driver serves the
 module, with ``--registry-timeout 1`` so that stalls are quick, and ``--max-unpacked-bytes 16MiB``.

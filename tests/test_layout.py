@@ -1,4 +1,4 @@
-"""layout.build_tree: DESIGN.md's placement rules and archive safety rules, on real tars
+"""layout.build_tree: the placement rules of docs/layout-rules.md and archive safety rules, on real tars
 laid out in a temp dir the way the content store keeps them."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """End to end: kubelet-shaped NodePublishVolume/NodeUnpublishVolume against the real
-``serve`` process, a real registry, real FUSE and bind mounts (DESIGN.md, issue 3)."""
+``serve`` process, a real registry, real FUSE and bind mounts (issue 3)."""
 
 from __future__ import annotations
 

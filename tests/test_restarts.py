@@ -1,6 +1,6 @@
 """Restarts and deaths (issue 6): real processes killed with SIGKILL, real mounts checked.
 
-A driver upgrade or crash must never break a running pod's volume (DESIGN.md
+A driver upgrade or crash must never break a running pod's volume (docs/processes.md
 "Processes and restarts").
 """
 

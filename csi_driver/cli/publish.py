@@ -1,6 +1,6 @@
 """``publish`` and ``unpublish``: a kubelet's requests to a running driver, for trying it by hand.
 
-The requests are shaped exactly as DESIGN.md "What the kubelet sends" says (a ``csi-<64 hex>``
+The requests are shaped exactly as the kubelet sends them (a ``csi-<64 hex>``
 volume id, a mount capability with empty fs type and flags, ``readonly`` absent when false,
 pod info in the volume context), so what works here works from a kubelet. The test suite
 builds its kubelet requests with the same functions.

@@ -2,7 +2,7 @@
 
 OCI and Docker schema 2 documents are read alike: an index (or Docker manifest
 list) names per-platform manifests; an image manifest names a config and layers.
-A document without ``mediaType`` is recognised by its content, as DESIGN.md says
+A document without ``mediaType`` is recognised by its content, as docs/layout-rules.md says
 (``manifests`` → index, ``layers`` → manifest), because ORAS and older tools omit it.
 """
 

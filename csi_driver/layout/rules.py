@@ -1,4 +1,4 @@
-"""Manifest layers → the tree a volume shows (DESIGN.md, "What appears in the volume").
+"""Manifest layers → the tree a volume shows (docs/layout-rules.md).
 
 This step reads only tar headers from the store's uncompressed layer tars and
 records where each file's bytes begin; it never extracts or writes anything. So a
@@ -66,7 +66,7 @@ class Layer:
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds a hostile artifact cannot push the driver past (DESIGN.md, safety rules)."""
+    """Bounds a hostile artifact cannot push the driver past (docs/layout-rules.md, "What is refused")."""
 
     max_entries: int = 1_000_000  # --max-entries
     max_unpacked_bytes: int = 64 << 30  # --max-unpacked-bytes
@@ -179,7 +179,7 @@ def may_unpack(layer: Layer) -> bool:
 
 
 def build_tree(state_dir: Path, layers: Sequence[Layer], limits: Limits) -> list[Entry]:
-    """The volume's tree: each layer placed in manifest order by DESIGN's first matching rule.
+    """The volume's tree: each layer placed in manifest order by the first matching rule of docs/layout-rules.md.
 
     Entries come back sorted depth-first, so every directory precedes its contents
     and the root ``""`` comes first.
@@ -228,7 +228,7 @@ class TreeBuilder:
 
 
 def _place(tree: _Tree, layer: Layer, archive: _Archive | None) -> None:
-    """Apply the first of DESIGN's placement rules (0 to 5) that matches ``layer``.
+    """Apply the first of the placement rules (0 to 5, docs/layout-rules.md) that matches ``layer``.
 
     ``archive`` is the layer's headers when ``may_unpack`` says a rule may read it as a tar.
     """

@@ -1,6 +1,6 @@
 """Bring the mount table in line with the publication records, at start and when a view dies.
 
-DESIGN.md "Processes and restarts": a restarted ``serve`` repairs what is broken,
+docs/processes.md: a restarted ``serve`` repairs what is broken,
 drops records whose target is gone, and never unmounts a healthy volume. In fuse
 mode a watchdog notices a dead view within seconds, starts a new one and binds it
 onto every recorded target, on top of the dead mount (``csi_driver.views.fuse.watch_view``);

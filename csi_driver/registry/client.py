@@ -581,7 +581,7 @@ class RegistryClient:
 
 
 def _check_status(response: requests.Response, where: str, subject: str, sent_credentials: bool) -> None:
-    """Turn a non-2xx answer into the driver error DESIGN.md's table names."""
+    """Turn a non-2xx answer into the driver error docs/errors.md names."""
     status = response.status_code
     if 200 <= status < 300:
         return

@@ -2,7 +2,7 @@
 
 A volume is then a read-only bind mount of plain files: no process sits in the
 data path, so a crash, restart or upgrade of the driver touches no mount
-(DESIGN.md, "Processes and restarts"). The tree is built in a temp dir and renamed
+(docs/processes.md). The tree is built in a temp dir and renamed
 into place, so a crash never leaves a half tree that looks complete.
 """
 
