@@ -18,11 +18,11 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from certs import KeyPair, issue, make_ca
+from http_stub import QuietHandler, serving
 
 RESOURCES = {"pods": "Pod", "secrets": "Secret", "serviceaccounts": "ServiceAccount"}
 
@@ -144,7 +144,7 @@ def serve_kube_api(pki: PKI) -> Iterator[KubeAPI]:
     """The stub on a fresh loopback port, HTTPS with ``pki.server``; ``url`` is ``https://127.0.0.1:PORT``."""
     api = KubeAPI()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             user = _common_name(self.connection.getpeercert() or {})
@@ -152,29 +152,12 @@ def serve_kube_api(pki: PKI) -> Iterator[KubeAPI]:
             if not user and bearer.startswith("Bearer "):
                 user = api.tokens.get(bearer.removeprefix("Bearer "), "")
             api.seen.append(Request(url.path, parse_qs(url.query), user))
-            code, body = api.answer(url.path, user)
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.answer_json(*api.answer(url.path, user))
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.server.cert, pki.server.key)
     context.load_verify_locations(cafile=pki.ca.cert)
     context.verify_mode = ssl.CERT_OPTIONAL  # a client certificate or a bearer token
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    api.url = f"https://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(Handler, wrap=lambda sock: context.wrap_socket(sock, server_side=True)) as server:
+        api.url = f"https://127.0.0.1:{server.server_address[1]}"
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -11,14 +11,13 @@ import contextlib
 import hashlib
 import json
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from certs import KeyPair
+from http_stub import QuietHandler, serving
 
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -63,7 +62,7 @@ def serve_stub(address: str = "127.0.0.1", tls: KeyPair | None = None) -> Iterat
     ``address:port``."""
     scripted = FakeRegistry()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def handle_one(self) -> None:
             url = urlsplit(self.path)
             seen = Seen(self.command, url.path, parse_qs(url.query), dict(self.headers))
@@ -82,23 +81,14 @@ def serve_stub(address: str = "127.0.0.1", tls: KeyPair | None = None) -> Iterat
 
         do_GET = do_HEAD = handle_one
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer((address, 0), Handler)
-    server.daemon_threads = True
+    wrap = None
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls.cert, tls.key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    scripted.host = f"{address}:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+        wrap = lambda sock: context.wrap_socket(sock, server_side=True)  # noqa: E731
+    with serving(Handler, address, wrap) as server:
+        scripted.host = f"{address}:{server.server_address[1]}"
         yield scripted
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def slow_image(fake: FakeRegistry, repository: str, layer: bytes, seconds: float, pieces: int = 64) -> str:

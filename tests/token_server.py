@@ -14,15 +14,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from certs import KeyPair, der, sign_rs256
+from http_stub import QuietHandler, serving
 
 
 def _b64url(data: bytes) -> str:
@@ -93,35 +92,19 @@ def run_token_server(
     """Serve ``/token`` on 127.0.0.1; ``grants`` maps a user to the repositories it may pull."""
     service: TokenServer
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            status, body = service.answer(self.headers.get("Authorization", ""), parse_qs(url.query))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.answer_json(*service.answer(self.headers.get("Authorization", ""), parse_qs(url.query)))
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    service = TokenServer(
-        realm=f"http://127.0.0.1:{server.server_address[1]}/token",
-        service="test-registry",
-        issuer="test-token-issuer",
-        signing=signing,
-        users=users,
-        grants=grants,
-        lifetime=lifetime,
-    )
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
+        service = TokenServer(
+            realm=f"http://127.0.0.1:{server.server_address[1]}/token",
+            service="test-registry",
+            issuer="test-token-issuer",
+            signing=signing,
+            users=users,
+            grants=grants,
+            lifetime=lifetime,
+        )
         yield service
-    finally:
-        server.shutdown()
-        server.server_close()
