@@ -34,6 +34,11 @@ Every contender's result is then checked to hold the artifact's files (untimed, 
 ``curl | tar``, which ``bench_image`` deletes at once). A tool that refuses an artifact is reported
 as n/a with its own error message, not as a failure of the run.
 
+``--baseline REV`` (repeatable) adds our driver as of git revision ``REV`` (its ``csi_driver``
+exported with ``git archive`` into the work dir and run from there) as contenders of their own,
+fresh and running, taking turns with the rest: a change measured side by side with the code
+before it in one run. ``--ours-only`` leaves out the other tools (the floor stays).
+
 Warm: ``--volumes`` publishes of an already-cached image in each mode
 (``bench_publish.warm_publishes``), against ``ctr images mount`` of an already-pulled image into
 new targets (and ``ctr images unmount --rm``), each timed from the client.
@@ -41,7 +46,8 @@ new targets (and ``ctr images unmount --rm``), each timed from the client.
 Run as root, in a private mount namespace (the script also enters one itself):
 
     unshare -m --propagation private .venv/bin/python bench/bench_compare.py \\
-        [--sizes 1 64 256] [--no-zstd-sizes 64] [--repeats 3] [--volumes 50] [--no-write]
+        [--sizes 1 64 256] [--no-zstd-sizes 64] [--repeats 3] [--volumes 50] [--no-write] \\
+        [--baseline REV] [--ours-only]
 
 It refreshes the ``bench_compare`` section of ``bench/RESULTS.md``.
 """
@@ -322,10 +328,10 @@ def measure_containerd(artifact: Artifact, registry: str, work: Path) -> float:
         return elapsed
 
 
-def measure_ours(mode: str, running: bool = False) -> Callable[[Artifact, str, Path], float]:
+def measure_ours(mode: str, running: bool = False, source: Path | None = None) -> Callable[[Artifact, str, Path], float]:
     def measure(artifact: Artifact, registry: str, work: Path) -> float:
         after = f"{registry}/{WARM_UP}" if running else None
-        return bench.cold_publish(registry, artifact.reference, mode, work, artifact.files, after=after)
+        return bench.cold_publish(registry, artifact.reference, mode, work, artifact.files, after=after, source=source)
 
     return measure
 
@@ -349,12 +355,39 @@ CONTENDERS: dict[str, Callable[[Artifact, str, Path], float]] = {
 }
 
 
-def measure_all(artifact: Artifact, registry: str, work: Path, results: Results, floors: dict[str, list[float]]) -> None:
+Contenders = dict[str, Callable[[Artifact, str, Path], float]]
+
+
+def export_revision(revision: str, work: Path) -> Path:
+    """A directory holding the driver's code as of git ``revision`` (``run_driver``'s ``source``)."""
+    out = work / f"baseline-{revision}"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(bench.ROOT), "archive", revision, "csi_driver"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def contenders(args: argparse.Namespace, work: Path) -> tuple[Contenders, dict[str, str]]:
+    """The contenders of this run, and which of them are our driver (name → its mode, as labelled)."""
+    chosen = {n: m for n, m in CONTENDERS.items() if n in OURS or not args.ours_only}
+    ours = dict(OURS)
+    for revision in args.baseline:
+        source = export_revision(revision, work)
+        for mode, running in (("fuse", False), ("bind", False), ("fuse", True), ("bind", True)):
+            label = f"{mode}{', running' if running else ''} @{revision}"
+            chosen[f"our driver, {label}"] = measure_ours(mode, running, source)
+            ours[f"our driver, {label}"] = label
+    return chosen, ours
+
+
+def measure_all(artifact: Artifact, registry: str, work: Path, results: Results, floors: dict[str, list[float]],
+                chosen: Contenders) -> None:  # fmt: skip
     """One repeat of every contender on ``artifact``; a tool found n/a once is not asked again."""
     scripts, expect = floor_scripts(artifact, registry, work)
     for name, script in scripts.items():
         floors.setdefault(name, []).append(bench._timed_shell(script, expect))
-    for name, measure in CONTENDERS.items():
+    for name, measure in chosen.items():
         previous = results.setdefault(name, [])
         if isinstance(previous, str):
             continue
@@ -413,7 +446,7 @@ def ratio(value: float | None, base: float | None) -> str:
 
 
 def versions() -> str:
-    ctr = subprocess.run(["containerd", "--version"], check=False, capture_output=True, text=True).stdout.split()
+    ctr = subprocess.run(["containerd", "--version"], check=False, capture_output=True, text=True).stdout.split() if shutil.which("containerd") else []
     return (
         f"- tools: {bench._tool_version(['skopeo', '--version'])}, {bench._tool_version(['umoci', '--version'])}, "
         f"containerd {ctr[2] if len(ctr) > 2 else 'not installed'} (overlayfs snapshotter), "
@@ -450,7 +483,8 @@ def artifact_table(artifact: Artifact, floors: dict[str, list[float]], results: 
     return lines, medians
 
 
-def targets_table(all_medians: dict[str, dict[str, float | None]]) -> list[str]:
+def targets_table(all_medians: dict[str, dict[str, float | None]], labels: dict[str, str]) -> list[str]:
+    """A row per artifact and contender of ours (``labels``: name → its mode as shown)."""
     lines = [
         "### Targets (issue 10), cold",
         "",
@@ -461,9 +495,9 @@ def targets_table(all_medians: dict[str, dict[str, float | None]]) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     for label, medians in all_medians.items():
-        others = {n: v for n, v in medians.items() if n not in (FLOOR, SKOPEO_ALONE, *OURS) and v is not None}
+        others = {n: v for n, v in medians.items() if n not in (FLOOR, SKOPEO_ALONE, *labels) and v is not None}
         fastest = min(others, key=others.__getitem__) if others else None
-        for mode in OURS:
+        for mode in labels:
             ours = medians[mode]
             if ours is None:
                 continue
@@ -474,7 +508,7 @@ def targets_table(all_medians: dict[str, dict[str, float | None]]) -> list[str]:
                 vs_other = f"{ours / others[fastest]:.2f}× ({name}) {bench.verdict(ours / others[fastest] <= TARGET_VS_OTHERS)}"
             ctrd = medians.get(CONTAINERD)
             vs_ctrd = f"{ctrd / ours:.2f}× {bench.verdict(ctrd / ours >= TARGET_VS_CONTAINERD)}" if ctrd else "n/a"
-            lines.append(f"| {label.split(':')[0]} | {OURS[mode]} | "
+            lines.append(f"| {label.split(':')[0]} | {labels[mode]} | "
                          f"{vs_floor:.2f}× {bench.verdict(vs_floor <= bench.TARGET_COLD_VS_FLOOR)} | {vs_other} | {vs_ctrd} |")  # fmt: skip
     return lines + [""]
 
@@ -505,7 +539,7 @@ def warm_table(label: str, volumes: int, warm: dict[str, Warm | str]) -> list[st
 
 def report(args: argparse.Namespace, command: str, about: list[str], artifacts: list[Artifact],
            floors: dict[str, dict[str, list[float]]], results: dict[str, Results],
-           warm_label: str, warm: dict[str, Warm | str]) -> str:  # fmt: skip
+           warm_label: str, warm: dict[str, Warm | str], labels: dict[str, str]) -> str:  # fmt: skip
     lines = [
         BEGIN,
         "## Latest run: cold delivery side by side with the other tools (generated by `bench/bench_compare.py`)",
@@ -530,7 +564,7 @@ def report(args: argparse.Namespace, command: str, about: list[str], artifacts: 
         rows, medians = artifact_table(artifact, floors[artifact.reference], results[artifact.reference])
         lines += rows
         all_medians[artifact.label] = medians
-    lines += targets_table(all_medians)
+    lines += targets_table(all_medians, labels)
     if warm:
         lines += warm_table(warm_label, args.volumes, warm)
     lines.append(END)
@@ -550,6 +584,9 @@ def main() -> int:
     parser.add_argument("--volumes", type=int, default=50, help="warm mounts per tool (default 50; 0 skips warm)")
     parser.add_argument("--workdir", help="as for bench_publish.py (default: a fresh ext4 on a RAM-backed loop device)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--baseline", action="append", default=[], metavar="REV",
+                        help="also run our driver as of this git revision, side by side (repeatable)")  # fmt: skip
+    parser.add_argument("--ours-only", action="store_true", help="leave out the other tools (the floor stays)")
     args, command = bench.prepare(parser, ("curl", "tar", "gzip", "zstd", "sha256sum", "tee", "skopeo", "umoci"), "the driver, umoci and containerd make real mounts and owners")
     with bench.work_filesystem(args.workdir) as (base, fs_note):
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -566,13 +603,14 @@ def run(args: argparse.Namespace, base: Path, about: list[str], command: str) ->
     with run_registry(base / "registry") as registry:
         artifacts = push_artifacts(registry, args.sizes, base, args.no_zstd_sizes)
         push_klaus(registry, WARM_UP, {"README.md": (b"warm-up\n", 0o644)}, base / "push-warm-up")
+        chosen, labels = contenders(args, base)
         # One untimed round on the smallest artifact: the tools' binaries and the registry warm up.
-        measure_all(artifacts[0], registry, base, {}, {})
+        measure_all(artifacts[0], registry, base, {}, {}, chosen)
         floors: dict[str, dict[str, list[float]]] = {a.reference: {} for a in artifacts}
         results: dict[str, Results] = {a.reference: {} for a in artifacts}
         for r in range(args.repeats):
             for artifact in artifacts:
-                measure_all(artifact, registry, base, results[artifact.reference], floors[artifact.reference])
+                measure_all(artifact, registry, base, results[artifact.reference], floors[artifact.reference], chosen)
                 done = results[artifact.reference]
                 print(f"  repeat {r + 1}, {artifact.label.split(':')[0]}: floor "
                       f"{bench.ms(min(v[-1] for v in floors[artifact.reference].values()))} ms, " + ", ".join(
@@ -589,7 +627,7 @@ def run(args: argparse.Namespace, base: Path, about: list[str], command: str) ->
             for name, res in warm.items():
                 shown = res if isinstance(res, str) else f"p50 {bench.pct(res.publish, 50) * 1000:.2f} ms"
                 print(f"  warm {name}: {shown}", flush=True)
-    return report(args, command, about, artifacts, floors, results, warm_artifact.label, warm)
+    return report(args, command, about, artifacts, floors, results, warm_artifact.label, warm, labels)
 
 
 if __name__ == "__main__":

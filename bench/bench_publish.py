@@ -311,7 +311,7 @@ def floor_rows(floors: dict[str, list[float]], cpu: dict[str, list[float]] | Non
 
 
 def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_files: int,
-                 cpu: list[float] | None = None, after: str | None = None) -> float:  # fmt: skip
+                 cpu: list[float] | None = None, after: str | None = None, source: Path | None = None) -> float:  # fmt: skip
     """One cold publish on a fresh driver and state dir; everything it wrote is deleted after.
 
     The driver is first registered, untimed, as on a node before any pod can reach it:
@@ -320,9 +320,10 @@ def cold_publish(registry: str, reference: str, mode: str, base: Path, expect_fi
     ``after``: another reference the driver publishes and unpublishes first, untimed, so that the
     timed publish meets a driver that has served before (gRPC threads, the registry connection,
     first-run code paths), as a driver running on a node for a while does.
+    ``source``: run another version of the driver (``run_driver``).
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"cold-{mode}-", dir=base))
-    with run_driver(tmp, registry, mode) as driver:
+    with run_driver(tmp, registry, mode, source=source) as driver:
         driver.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest())
         driver.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest())
         driver.identity.Probe(csi_pb2.ProbeRequest())
