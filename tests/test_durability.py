@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from artifacts import push_image
+from csi_driver import bindview
 from driver import run_driver
 from kubelet import publish_request, target_for, unpublish_request
 
@@ -200,3 +202,46 @@ def test_an_extracted_tree_is_flushed_before_its_rename_into_trees_and_its_direc
     flushed = [c for c in trace.calls if c.name == "fsync" and c.fd_path() == os.path.dirname(destination)
                and rename.end < c.start and c.end < mount.start]  # fmt: skip
     assert flushed, f"{destination} was bound onto a volume before its directory was flushed"
+
+
+def test_gc_forgets_a_tree_on_the_disk_before_its_files_go_and_never_leaves_part_of_it_under_its_name(
+    registry: str, tmp_path: Path
+) -> None:
+    """``cache gc`` removes the rows, flushed, before the files they name: a power loss in
+    between may keep files no row needs (the next collection removes them), never a row whose
+    files are gone. An extracted tree leaves its name in one rename before it is deleted, so
+    neither a kill nor a power loss halfway through leaves part of a tree that looks whole."""
+    layers = [(gzip.compress(layer_tar({f"docs/{MARKER}": b"soon gone\n"})), "application/vnd.oci.image.layer.v1.tar+gzip")]
+    pushed = push_image(registry, "durability/gc:v1", layers, tmp_path / "push")
+    request = publish_request(target_for(tmp_path / "kubelet", "pod-1", "image"), {"reference": pushed.reference})
+    with run_driver(tmp_path, registry, "bind") as driver:
+        driver.publish(request)
+        driver.unpublish(unpublish_request(request))
+    state = driver.state_dir
+    out = tmp_path / "strace.txt"
+    subprocess.run(
+        ["strace", "-f", "-y", "-qq", "-s", "0", "-e", "trace=fsync,fdatasync,pwrite64,rename,renameat,renameat2,unlink,unlinkat",
+         "-o", str(out), sys.executable, "-m", "csi_driver", "cache", "gc", "--state-dir", str(state), "--grace", "0",
+         "--cache-max-bytes", "1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    calls = parse_trace(out.read_text())
+    assert not list((state / "blobs" / "sha256").iterdir()) and not list((state / "trees" / "sha256").iterdir())
+
+    def unlinks_below(directory: Path) -> list[Call]:
+        return [c for c in calls if c.name.startswith("unlink") and any(p.startswith(f"{directory}/") for p in c.paths())
+                or c.name == "unlinkat" and c.fd_path().startswith(str(directory))]  # fmt: skip
+
+    removed = unlinks_below(state / "blobs") + unlinks_below(state / "layers")
+    assert len(removed) >= 3, "the manifest, the layer and its tar are deleted"
+    first = min(c.start for c in removed)
+    wal = [c for c in calls if c.fd_path().endswith("/store.db-wal") and c.start < first]
+    last_write = max(c.end for c in wal if c.name == "pwrite64")
+    assert any(c.name in ("fsync", "fdatasync") and c.start > last_write for c in wal), (
+        "blobs were deleted before store.db's removal of their tree was on the disk"
+    )
+    tree = str(bindview.tree_dir(state, pushed.digest))
+    [away] = [c for c in calls if c.name.startswith("rename") and c.paths()[:1] == [tree]]
+    assert away.paths()[1].startswith(f"{state}/tmp/")
+    assert not unlinks_below(Path(tree)), "files were deleted under the tree's own name"
+    assert min(c.start for c in unlinks_below(Path(away.paths()[1]))) > away.end

@@ -264,16 +264,23 @@ class Store:
         return conn
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """A transaction on this thread's connection (committed on success)."""
+    def _db(self, flushed: bool = False) -> Iterator[sqlite3.Connection]:
+        """A transaction on this thread's connection (committed on success); ``flushed``: its
+        commit, and with it every commit before it, is on the disk when this returns."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        if flushed:
+            conn.execute("PRAGMA synchronous=FULL")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if flushed:
+                conn.execute("PRAGMA synchronous=NORMAL")
 
     def remove_temp_files(self) -> None:
         """Drop what a killed pull or extraction left in ``tmp/``; only ``serve`` calls this, at start."""
@@ -501,9 +508,10 @@ class Store:
         """Delete blobs no tree needs that were fetched before ``older_than``; return bytes freed.
 
         The age limit protects a pull in flight, whose blobs are stored before its tree
-        is committed.
+        is committed. The rows go before the files, and flushed: a power loss in between
+        leaves files no row needs (removed next time), never a tree whose blobs are gone.
         """
-        with self._db() as db:
+        with self._db(flushed=True) as db:
             rows = db.execute(
                 "SELECT digest, size + COALESCE(decoded_size, 0) FROM blobs "
                 "WHERE fetched_at < ? AND digest NOT IN (SELECT blob FROM tree_blobs)",

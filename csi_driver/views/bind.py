@@ -85,6 +85,22 @@ def materialize(state_dir: Path, digest: str, entries: Sequence[Entry]) -> Path:
     return final
 
 
+def remove(state_dir: Path, digest: str) -> None:
+    """Delete the extracted tree of ``digest``, if there is one, never leaving part of it under its name.
+
+    It leaves its name in one rename into ``tmp/`` (which the next start empties should this be
+    cut short), flushed before anything in it is deleted, so that neither a kill nor a power
+    loss halfway through leaves a part of the tree where a publish would take it for whole.
+    """
+    final = tree_dir(state_dir, digest)
+    if not final.is_dir():
+        return
+    gone = tempfile.mkdtemp(prefix=f"removed-{final.name}-", dir=state_dir / "tmp")
+    os.rename(final, gone)  # onto the empty dir mkdtemp made
+    fsync_path(final.parent)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _build_and_rename(state_dir: Path, final: Path, entries: Sequence[Entry]) -> None:
     """Build in a temp dir, flush it, rename it into place; on any failure remove the temp dir.
 
@@ -238,5 +254,5 @@ class BindView:
         return self.store.usage(digest)[0] if tree_dir(self.store.root, digest).is_dir() else 0
 
     def release(self, digest: str) -> None:
-        """Delete the digest's extracted tree, before the store forgets the digest."""
-        shutil.rmtree(tree_dir(self.store.root, digest), ignore_errors=True)
+        """Delete the digest's extracted tree (``remove``), before the store forgets the digest."""
+        remove(self.store.root, digest)
