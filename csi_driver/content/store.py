@@ -37,8 +37,11 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
+import io
 import marshal
 import os
 import queue
@@ -140,6 +143,11 @@ def _as_entries(rows: Iterable[tuple]) -> Iterator[Entry]:
     return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
 
 
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's bytes, or a directory's names, to the disk."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -147,6 +155,46 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def syncfs_path(path: Path) -> None:
+    """Flush everything written to the file system that holds the directory ``path`` (syncfs(2))."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+WRITE_BEHIND = 8 << 20
+"""Bytes of a file being stored between two starts of its write-out to the disk (``_WriteBehind``)."""
+
+
+class _WriteBehind(io.FileIO):
+    """A file being stored whose pages the kernel starts writing to the disk every
+    ``WRITE_BEHIND`` bytes (``sync_file_range``, which does not wait), so that the ``fsync``
+    before its rename (``commit_file``) waits for the last few MiB, not for the whole file:
+    the write-out overlaps the download instead of following it, which halves what the
+    ``fsync`` costs a large layer (bench/RESULTS.md)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "wb")
+        self._written = self._started = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        written = super().write(data)
+        self._written += written or 0
+        if self._written - self._started >= WRITE_BEHIND:
+            _libc.sync_file_range(self.fileno(), self._started, self._written - self._started, _SYNC_FILE_RANGE_WRITE)
+            self._started = self._written
+        return written
+
+
+def _open_write_behind(path: Path) -> BinaryIO:
+    """A new temp file for content being stored, written out as it fills (``_WriteBehind``)."""
+    return io.BufferedWriter(_WriteBehind(path))
 
 
 def commit_file(temp: Path, final: Path) -> None:
@@ -357,10 +405,10 @@ class Store:
         undecodable: Exception | None = None  # the inflater's error, raised once the digest matches
         try:
             with contextlib.ExitStack() as stack:
-                raw = stack.enter_context(open(raw_tmp, "wb"))
+                raw = stack.enter_context(_open_write_behind(raw_tmp))
                 inflater = None
                 if compression:
-                    out = stack.enter_context(open(dec_tmp, "wb"))
+                    out = stack.enter_context(_open_write_behind(dec_tmp))
                     inflater = _Inflater(compression, out, max_decoded_bytes, what)
                 try:
                     for chunk in chunks:

@@ -9,8 +9,6 @@ disk before the rename and its directory after, so a power loss does not either.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -19,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from csi_driver import errors
-from csi_driver.content.store import Store, fsync_path
+from csi_driver.content.store import Store, fsync_path, syncfs_path
 from csi_driver.layout.rules import depth_first
 from csi_driver.layout.tree import ROOT, Entry, Kind
 from csi_driver.reference import digest_hex
@@ -30,20 +28,6 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _CHUNK = 1 << 20
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _syncfs(path: Path) -> None:
-    """Flush everything written to the file system that holds ``path`` (syncfs(2))."""
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs of {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _umask() -> int | None:
@@ -116,7 +100,7 @@ def _build_and_rename(state_dir: Path, final: Path, entries: Sequence[Entry]) ->
     try:
         _Builder(state_dir, temp).build(entries)
         final.parent.mkdir(parents=True, exist_ok=True)
-        _syncfs(temp)
+        syncfs_path(temp)
         os.rename(temp, final)
         fsync_path(final.parent)
     except BaseException as exc:
