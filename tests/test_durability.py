@@ -27,13 +27,13 @@ from pathlib import Path
 import pytest
 
 from artifacts import push_image
-from csi_driver import bindview
+from csi_driver.views import bind
 from driver import run_driver
 from kubelet import publish_request, target_for, unpublish_request
 
 MARKER = "durability-marker-7f3a9c.txt"
 """A file name only this test's layer holds: the store.db write that carries it is the tree's commit."""
-TRACED = "fsync,fdatasync,rename,renameat,renameat2,syncfs,write,pwrite64,copy_file_range,mount"
+TRACED = "fsync,fdatasync,rename,renameat,renameat2,syncfs,write,pwrite64,copy_file_range,mount,open_tree"
 WRITES = ("write", "pwrite64", "copy_file_range")
 
 
@@ -58,7 +58,7 @@ class Call:
         return self.fd_path(1 if self.name == "copy_file_range" else 0) if self.name in WRITES else ""
 
     def paths(self) -> list[str]:
-        """The string arguments (rename's and mount's paths)."""
+        """The string arguments (rename's, mount's and open_tree's paths)."""
         return [p.encode().decode("unicode_escape") for p in re.findall(r'"((?:[^"\\]|\\.)*)"', self.args)]
 
 
@@ -198,7 +198,8 @@ def test_an_extracted_tree_is_flushed_before_its_rename_into_trees_and_its_direc
     syncs = [c for c in trace.calls if c.name == "syncfs" and c.fd_path() == source and c.end < rename.start]
     assert writes and syncs, f"{destination} was renamed into place without a syncfs of {source} first"
     assert max(w.end for w in writes) < syncs[-1].start, "the tree was written to after it was flushed"
-    mount = next(c for c in trace.calls if c.name == "mount" and c.paths()[:1] == [destination])
+    # the bind clones the tree with open_tree (mount(2) on kernels before 5.12) before attaching it
+    mount = next(c for c in trace.calls if c.name in ("open_tree", "mount") and c.paths()[:1] == [destination])
     flushed = [c for c in trace.calls if c.name == "fsync" and c.fd_path() == os.path.dirname(destination)
                and rename.end < c.start and c.end < mount.start]  # fmt: skip
     assert flushed, f"{destination} was bound onto a volume before its directory was flushed"
@@ -240,7 +241,7 @@ def test_gc_forgets_a_tree_on_the_disk_before_its_files_go_and_never_leaves_part
     assert any(c.name in ("fsync", "fdatasync") and c.start > last_write for c in wal), (
         "blobs were deleted before store.db's removal of their tree was on the disk"
     )
-    tree = str(bindview.tree_dir(state, pushed.digest))
+    tree = str(bind.tree_dir(state, pushed.digest))
     [away] = [c for c in calls if c.name.startswith("rename") and c.paths()[:1] == [tree]]
     assert away.paths()[1].startswith(f"{state}/tmp/")
     assert not unlinks_below(Path(tree)), "files were deleted under the tree's own name"
