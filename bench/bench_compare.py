@@ -25,7 +25,7 @@ reported):
    work dir; never the system one), fresh per repeat, started untimed; timed: ``ctr images pull
    --plain-http`` (fetch, then unpack into overlayfs snapshots) + ``ctr images mount`` (a
    read-only overlay view);
-6. our driver: cold NodePublishVolume in fuse and bind mode (``bench_publish.cold_publish``), on
+6. our driver: cold NodePublishVolume in erofs, fuse and bind mode (``bench_publish.cold_publish``), on
    a freshly started driver, and ("running") on one that has first published and unpublished
    another small plugin, untimed, as a driver that has run on a node for a while (its gRPC
    threads, registry connection and code paths warm; the artifact itself is as cold).
@@ -92,9 +92,10 @@ BEGIN, END = "<!-- bench_compare:begin -->", "<!-- bench_compare:end -->"
 TARGET_VS_OTHERS = 0.8
 TARGET_VS_CONTAINERD = 2.0
 NAMESPACE = "bench"
-FLOOR, OURS_FUSE, OURS_BIND = "floor", "our driver, fuse", "our driver, bind"
-OURS_FUSE_RUNNING, OURS_BIND_RUNNING = "our driver, fuse, running", "our driver, bind, running"
-OURS = {OURS_FUSE: "fuse", OURS_BIND: "bind", OURS_FUSE_RUNNING: "fuse, running", OURS_BIND_RUNNING: "bind, running"}
+FLOOR, OURS_EROFS, OURS_FUSE, OURS_BIND = "floor", "our driver, erofs", "our driver, fuse", "our driver, bind"
+OURS_EROFS_RUNNING, OURS_FUSE_RUNNING, OURS_BIND_RUNNING = "our driver, erofs, running", "our driver, fuse, running", "our driver, bind, running"
+OURS = {OURS_EROFS: "erofs", OURS_FUSE: "fuse", OURS_BIND: "bind",
+        OURS_EROFS_RUNNING: "erofs, running", OURS_FUSE_RUNNING: "fuse, running", OURS_BIND_RUNNING: "bind, running"}  # fmt: skip
 WARM_UP = "bench/warm-up:v1"
 """A small plugin a "running" driver publishes (and unpublishes) before the timed publish."""
 Results = dict[str, list[float] | str]  # per contender: seconds per repeat, or why n/a
@@ -348,8 +349,10 @@ CONTENDERS: dict[str, Callable[[Artifact, str, Path], float]] = {
     "`skopeo copy` + `umoci raw unpack`": measure_skopeo(unpack=True),
     SKOPEO_ALONE: measure_skopeo(unpack=False),
     CONTAINERD: measure_containerd,
+    OURS_EROFS: measure_ours("erofs"),
     OURS_FUSE: measure_ours("fuse"),
     OURS_BIND: measure_ours("bind"),
+    OURS_EROFS_RUNNING: measure_ours("erofs", running=True),
     OURS_FUSE_RUNNING: measure_ours("fuse", running=True),
     OURS_BIND_RUNNING: measure_ours("bind", running=True),
 }
@@ -621,7 +624,7 @@ def run(args: argparse.Namespace, base: Path, about: list[str], command: str) ->
         images = [a for a in artifacts if isinstance(results[a.reference].get(CONTAINERD), list)] or artifacts
         warm_artifact = images[0]
         if args.volumes:
-            for mode, name in (("fuse", OURS_FUSE), ("bind", OURS_BIND)):
+            for mode, name in (("erofs", OURS_EROFS), ("fuse", OURS_FUSE), ("bind", OURS_BIND)):
                 warm[name] = warm_ours(warm_artifact, registry, base, mode, args.volumes)
             warm["containerd: `ctr images mount` / `unmount --rm`"] = warm_containerd(warm_artifact, base, args.volumes)
             for name, res in warm.items():

@@ -176,9 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     _state_dir(serve, "where the content store and the volume records live")
     serve.add_argument(
         "--mode",
-        choices=("fuse", "bind"),
-        default="fuse" if os.path.exists("/dev/fuse") else "bind",
-        help="data plane: fuse (default where /dev/fuse exists) or bind (extracted trees)",
+        choices=("auto", "erofs", "fuse", "bind"),
+        default="auto",
+        help="data plane: erofs (kernel EROFS mounts), fuse, bind (extracted trees), or auto (default): "
+        "erofs where the kernel mounts a test image, else fuse where /dev/fuse exists, else bind",
     )
     serve.add_argument(
         "--driver-name", type=flags.driver_name, default=DEFAULT_DRIVER_NAME, metavar="NAME",

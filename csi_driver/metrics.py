@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,6 +31,7 @@ REGISTRY_SECONDS = Histogram(f"{PREFIX}_registry_request_duration_seconds",
                              "Registry request latency (to the response headers) by host and HTTP status",
                              ["host", "status"], buckets=_LATENCY)  # fmt: skip
 VIEW_RESTARTS = Counter(f"{PREFIX}_fuse_view_restarts_total", "FUSE views replaced: started by serve, or by a standing-by fuse container")
+VIEW_MODE = Gauge(f"{PREFIX}_view_mode", "1 for the data plane serve chose at start (erofs, fuse or bind)", ["mode"])
 CACHE_OVER_BUDGET = Counter(f"{PREFIX}_cache_over_budget_total",
                             "Collections that ended over budget because the rest was in use")  # fmt: skip
 
@@ -58,7 +59,7 @@ class StateCollector(Collector):
             "cache_digests": "Complete trees in the store",
             "in_use_digests": "Trees that at least one publication uses",
             "publications": "Volumes published on this node",
-            "fuse_view_up": "1 when the FUSE view is mounted and answering (always 1 in bind mode)",
+            "fuse_view_up": "1 when the FUSE view is mounted and answering (always 1 in erofs and bind mode)",
         }
         values = self._read()
         for name, text in helps.items():

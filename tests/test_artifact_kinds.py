@@ -2,17 +2,18 @@
 in the volume").
 
 Each kind is made by the tool its users use (``fixtures_tools.py`` says which), pushed to the
-real registry, published through the real ``serve`` process in both data planes (``bind``
-and ``fuse``), and the mounted tree is compared name by name with what was pushed: bytes,
+real registry, published through the real ``serve`` process in every data plane (``bind``,
+``fuse`` and ``erofs``), and the mounted tree is compared name by name with what was pushed: bytes,
 modes (setuid/setgid dropped), symlink targets, uid/gid. The expected trees come from the
 sources (the pushed directory, or ``umoci raw unpack`` of the pushed image), never from the
-driver. The fixtures are built once per session and both drivers run once per module.
+driver. The fixtures are built once per session and the drivers run once per module.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from csi_driver.mounts import kernel
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 
-MODES = ["bind", "fuse"]
+MODES = ["bind", "fuse", "erofs"]
 
 
 # -- drivers and helpers ----------------------------------------------------------------------
@@ -42,8 +43,11 @@ def mode(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def published_tree(driver: Driver, fixture: ft.Fixture, kubelet_root: Path, pod: str) -> ft.Walk:
-    """Publish ``fixture`` as the kubelet would, walk the mount, unpublish; the target is gone after."""
+def published_tree(
+    driver: Driver, fixture: ft.Fixture, kubelet_root: Path, pod: str, look: Callable[[Path], object] = walk
+) -> object:
+    """Publish ``fixture`` as the kubelet would, ``look`` at the mount (walk it), unpublish; the
+    target is gone after."""
     target = target_for(kubelet_root, pod, fixture.name.replace("_", "-"))
     request = publish_request(target, {"reference": fixture.reference})
     driver.publish(request)
@@ -51,7 +55,7 @@ def published_tree(driver: Driver, fixture: ft.Fixture, kubelet_root: Path, pod:
         info = kernel.find_mount(str(target))
         assert info is not None, f"{target} is not a mount point"
         assert {"ro", "nosuid", "nodev"} <= info.options, info.options
-        return walk(target)
+        return look(target)
     finally:
         driver.unpublish(unpublish_request(request))
         assert kernel.find_mount(str(target)) is None
@@ -408,14 +412,59 @@ def test_unknown_layer_media_type_is_refused(
     assert not target.exists()
 
 
-# -- both data planes agree -------------------------------------------------------------------
+# -- every data plane agrees ------------------------------------------------------------------
+
+Stats = dict[str, tuple[int, int, int]]
 
 
-def test_bind_and_fuse_present_identical_trees_for_every_kind(
+def times_and_links(root: Path) -> Stats:
+    """Every name below ``root`` (and the root, as ``.``) → (st_mtime_ns, st_nlink, how many names
+    of the tree share its inode)."""
+    seen: dict[str, os.stat_result] = {".": os.lstat(root)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            seen[str(path.relative_to(root))] = path.lstat()
+    names: dict[int, int] = {}
+    for st in seen.values():
+        names[st.st_ino] = names.get(st.st_ino, 0) + 1
+    return {name: (st.st_mtime_ns, st.st_nlink, names[st.st_ino]) for name, st in seen.items()}
+
+
+def look_at_volume(target: Path) -> tuple[ft.Walk, Stats, str]:
+    info = kernel.find_mount(str(target))
+    assert info is not None
+    return walk(target), times_and_links(target), info.fs_type
+
+
+def test_every_view_presents_identical_trees_for_every_kind(
     request: pytest.FixtureRequest, drivers, kubelet_root: Path
 ) -> None:
+    """Bytes, modes, owners, symlink targets and mtimes are the same in every view. Link counts
+    legitimately differ, as docs/layout-rules.md says: a directory counts 2 + its subdirectories
+    everywhere, except the FUSE view's volume root, which reports 1 (the view does not count
+    it); a hardlinked file is one inode with its link count only in erofs (the image keeps the
+    layer's hardlinks), while bind (one copy per name) and fuse (not counted) report 1."""
     for name in MOUNTABLE:
         fixture: ft.Fixture = request.getfixturevalue(name)
-        trees = {mode: published_tree(drivers[mode], fixture, kubelet_root, f"pod-same-{mode}") for mode in MODES}
+        seen = {mode: published_tree(drivers[mode], fixture, kubelet_root, f"pod-same-{mode}", look_at_volume)
+                for mode in MODES}  # fmt: skip
+        trees = {mode: tree for mode, (tree, _, _) in seen.items()}
+        stats = {mode: stat for mode, (_, stat, _) in seen.items()}
         assert trees["bind"], f"{name}: the volume is empty"
-        assert_same_tree(trees["fuse"], trees["bind"], f"{name}: fuse view against bind view")
+        assert {mode: fs_type for mode, (_, _, fs_type) in seen.items()}["erofs"] == "erofs", name
+        for mode in ("fuse", "erofs"):
+            assert_same_tree(trees[mode], trees["bind"], f"{name}: {mode} view against bind view")
+        for mode in MODES:
+            assert {n: t for n, (t, _, _) in stats[mode].items()} == {n: t for n, (t, _, _) in stats["bind"].items()}, (
+                f"{name}: mtimes of the {mode} view"
+            )
+        for path, kind in ((n, v[0]) for n, v in {".": ("dir",), **trees["bind"]}.items()):
+            bind_links, fuse_links, (_, erofs_links, erofs_names) = stats["bind"][path][1], stats["fuse"][path][1], stats["erofs"][path]
+            if kind == "dir":
+                assert erofs_links == bind_links == 2 + sum(
+                    1 for other, v in trees["bind"].items() if v[0] == "dir" and os.path.dirname(other) == ("" if path == "." else path)
+                ), f"{name}: {path}"
+                assert fuse_links == (1 if path == "." else bind_links), f"{name}: {path}"
+            else:
+                assert (bind_links, fuse_links, erofs_links) == (1, 1, erofs_names), f"{name}: {path}"

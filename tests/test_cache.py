@@ -16,7 +16,7 @@ from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver.content.cache import cache_bytes
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
-from csi_driver.views import bind
+from csi_driver.views import bind, erofs
 from csi_driver.views.choose import Copies
 from driver import run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
@@ -35,8 +35,19 @@ def cache_gc(state: Path, *flags: str, grace: str = "0") -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
+def view_copy_exists(mode: str, state: Path, digest: str) -> bool:
+    """Whether the view of ``mode`` still keeps a copy of ``digest``: bind's extracted tree, or
+    erofs's image (and its mount, which must never outlive the image)."""
+    if mode == "bind":
+        return bind.tree_dir(state, digest).exists()
+    mounted = kernel.find_mount(str(erofs.mount_dir(state, digest))) is not None
+    assert mounted == erofs.image_path(state, digest).exists(), f"{digest}: the image and its mount disagree"
+    return mounted
+
+
+@pytest.mark.parametrize("mode", ["bind", "erofs"])
 def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
-    registry: str, tmp_path: Path, kubelet_root: Path
+    mode: str, registry: str, tmp_path: Path, kubelet_root: Path
 ) -> None:
     shared = big_layer(1 << 20, seed=1)
     own = [big_layer(1 << 20, seed=10 + i) for i in range(3)]
@@ -47,24 +58,29 @@ def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
         publish_request(target_for(kubelet_root, f"pod-{i}", "image"), {"reference": image.reference})
         for i, image in enumerate(images)
     ]
-    with run_driver(tmp_path, registry, "bind") as d:
+    with run_driver(tmp_path, registry, mode) as d:
         for request in requests:
             d.publish(request)
         for request in requests[:2]:
             d.unpublish(unpublish_request(request))
         store = Store(d.state_dir)
         oldest, middle, in_use = (digest for digest, _ in store.trees_by_age())
+        assert all(view_copy_exists(mode, d.state_dir, digest) for digest in (oldest, middle, in_use))
+        in_use_copy = (bind.tree_dir if mode == "bind" else erofs.image_path)(d.state_dir, in_use).stat()
 
         out = cache_gc(d.state_dir, "--cache-max-bytes", str(cache_bytes(store, Copies(store)) - 1))
         assert re.search(rf"^removed +{oldest} ", out, re.MULTILINE) and middle not in out
         assert store.committed_digests() == sorted([middle, in_use])
         assert not store.has_blob(sha256(own[0])) and store.has_blob(sha256(shared))
-        assert not bind.tree_dir(d.state_dir, oldest).exists()
+        assert not view_copy_exists(mode, d.state_dir, oldest) and view_copy_exists(mode, d.state_dir, middle)
 
         out = cache_gc(d.state_dir, "--cache-max-bytes", "1")
         assert re.search(rf"^removed +{middle} ", out, re.MULTILINE) and "over budget: kept 1 in use" in out
         assert re.search(rf"^kept +{in_use} .* in use by 1 volume$", out, re.MULTILINE)
         assert store.committed_digests() == [in_use]
+        assert not view_copy_exists(mode, d.state_dir, middle) and view_copy_exists(mode, d.state_dir, in_use)
+        untouched = (bind.tree_dir if mode == "bind" else erofs.image_path)(d.state_dir, in_use).stat()
+        assert (untouched.st_ino, untouched.st_mtime_ns) == (in_use_copy.st_ino, in_use_copy.st_mtime_ns)
         assert store.has_blob(sha256(shared)) and store.has_blob(sha256(own[2]))
         assert (Path(requests[2].target_path) / "data/0000.bin").read_bytes() == own[2][512 : 512 + (1 << 20)]
 

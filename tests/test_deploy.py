@@ -165,7 +165,7 @@ def test_volumes_are_declared_used_and_propagate_where_mounts_are_made() -> None
         assert state["mountPropagation"] == "Bidirectional"
         assert mount_of(container(name), "dev-fuse")["mountPath"] == host_path("dev-fuse") == "/dev/fuse"
         assert container(name)["securityContext"] == {"privileged": True, "runAsUser": 0}
-    assert flag(container("driver")["args"], "mode") == "fuse"
+    assert flag(container("driver")["args"], "mode") == "auto"
 
 
 def test_registry_configuration_comes_from_where_the_node_keeps_it() -> None:

@@ -346,7 +346,7 @@ def good(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return push_klaus(registry, "hostile/good:v1", PLUGIN_TREE, tmp_path_factory.mktemp("good")).reference
 
 
-@pytest.fixture(scope="module", params=["bind", "fuse"])
+@pytest.fixture(scope="module", params=["bind", "fuse", "erofs"])
 def driver(request: pytest.FixtureRequest, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Driver]:
     with run_driver(tmp_path_factory.mktemp(f"hostile-{request.param}"), registry, request.param, LIMITS) as d:
         yield d

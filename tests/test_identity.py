@@ -12,15 +12,16 @@ from csi_driver._pb import csi_pb2
 from driver import run_driver
 
 
-@pytest.fixture(params=["bind", "fuse"])
+@pytest.fixture(params=["bind", "fuse", "erofs"])
 def driver(request: pytest.FixtureRequest, tmp_path: Path, registry: str):
     with run_driver(tmp_path, registry, request.param) as d:
         yield d
 
 
-def test_plugin_info_names_the_driver_and_version(driver) -> None:
+def test_plugin_info_names_the_driver_version_and_view(driver) -> None:
     info = driver.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest())
     assert (info.name, info.vendor_version) == (DEFAULT_DRIVER_NAME, __version__)
+    assert dict(info.manifest) == {"mode": driver.process.args[driver.process.args.index("--mode") + 1]}
 
 
 def test_probe_is_ready_when_store_and_view_are_healthy(driver) -> None:

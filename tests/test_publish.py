@@ -17,7 +17,7 @@ from csi_driver.mounts import kernel
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 
-MODES = ["bind", "fuse"]
+MODES = ["bind", "fuse", "erofs"]
 
 
 @pytest.fixture(params=MODES)
@@ -177,7 +177,7 @@ def test_pull_policy_never_uses_content_already_on_the_node(driver: Driver, plug
         driver.unpublish(unpublish_request(request))
 
 
-def test_bind_and_fuse_present_identical_trees(registry: str, plugin, tmp_path: Path) -> None:
+def test_every_view_presents_identical_trees(registry: str, plugin, tmp_path: Path) -> None:
     seen = {}
     for mode in MODES:
         root = tmp_path / mode
@@ -188,7 +188,7 @@ def test_bind_and_fuse_present_identical_trees(registry: str, plugin, tmp_path: 
             d.publish(request)
             seen[mode] = walk(target)
             d.unpublish(unpublish_request(request))
-    assert seen["bind"] == seen["fuse"]
+    assert seen["bind"] == seen["fuse"] == seen["erofs"]
 
 
 def test_concurrent_publishes_of_one_new_reference_fetch_each_blob_once(

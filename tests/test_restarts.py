@@ -28,7 +28,7 @@ from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver._pb import csi_pb2
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
-from csi_driver.views import fuse
+from csi_driver.views import erofs, fuse
 from driver import Driver, cleanup_mounts_under, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from test_publish import expected_walk
@@ -91,7 +91,7 @@ def killed_after_publishing(
         yield driver, request
 
 
-@pytest.mark.parametrize("mode", ["bind", "fuse"])
+@pytest.mark.parametrize("mode", ["bind", "fuse", "erofs"])
 def test_volumes_stay_readable_while_serve_is_killed_and_restarted(
     mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
@@ -341,7 +341,7 @@ def test_unpublish_removes_every_stacked_mount_the_dead_and_busy_ones_too(
             assert not target.exists()
 
 
-@pytest.mark.parametrize("mode", ["bind", "fuse"])
+@pytest.mark.parametrize("mode", ["bind", "fuse", "erofs"])
 def test_after_a_reboot_serve_binds_every_recorded_target_again(
     mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
@@ -353,6 +353,28 @@ def test_after_a_reboot_serve_binds_every_recorded_target_again(
         target = Path(request.target_path)
         assert mounts_at(target) == 0 and target.is_dir()
         restart_serve_and_unpublish(tmp_path, registry, mode, request)
+
+
+def test_an_erofs_image_an_admin_unmounted_is_mounted_again_for_the_next_volume(
+    registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
+    """The volume's bind keeps the file system alive without the per-digest mount; the next
+    publish of the digest finds it missing in the mount table and mounts the image again."""
+    first = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
+    with run_driver(tmp_path, registry, "erofs") as d:
+        d.publish(first)
+        (digest,) = Store(d.state_dir).committed_digests()
+        view = erofs.mount_dir(d.state_dir, digest)
+        kernel.unmount(str(view))
+        assert kernel.find_mount(str(view)) is None
+        assert walk(Path(first.target_path)) == expected_walk(PLUGIN_TREE)
+        second = publish_request(target_for(kubelet_root, "pod-2", "plugin"), {"reference": plugin.reference})
+        d.publish(second)
+        info = kernel.find_mount(str(view))
+        assert info is not None and (info.fs_type, info.source) == ("erofs", str(erofs.image_path(d.state_dir, digest)))
+        assert walk(Path(second.target_path)) == expected_walk(PLUGIN_TREE)
+        for request in (first, second):
+            d.unpublish(unpublish_request(request))
 
 
 def test_volume_stats_report_bytes_inodes_and_a_dead_view(

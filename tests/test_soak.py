@@ -44,7 +44,7 @@ def processes(driver: Driver, mode: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["bind", "fuse"])
+@pytest.mark.parametrize("mode", ["bind", "fuse", "erofs"])
 def test_thousand_publish_unpublish_cycles_leak_nothing(
     mode: str, registry: str, tmp_path: Path, kubelet_root: Path
 ) -> None:

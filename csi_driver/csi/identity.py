@@ -17,7 +17,7 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
         self.view = view
 
     def GetPluginInfo(self, request, context):  # noqa: N802 (gRPC method names)
-        return csi_pb2.GetPluginInfoResponse(name=self.driver_name, vendor_version=__version__)
+        return csi_pb2.GetPluginInfoResponse(name=self.driver_name, vendor_version=__version__, manifest={"mode": self.view.mode})
 
     def GetPluginCapabilities(self, request, context):  # noqa: N802
         # A node-only plugin for ephemeral inline volumes: no controller service,

@@ -37,7 +37,7 @@ from csi_driver.mounts.publications import Publications
 from csi_driver.mounts.reconcile import reconcile
 from csi_driver.registry import hosts
 from csi_driver.registry.credentials import CredentialSources, Keyring
-from csi_driver.views.choose import Copies, View, open_view
+from csi_driver.views.choose import Copies, View, choose, open_view
 from csi_driver.views.fuse import FuseView, watch_view
 
 log = logging.getLogger("oci-volume-csi")
@@ -148,11 +148,14 @@ def serve(opts: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; then stop serving, keep every mount, return 0."""
     os.makedirs(opts.state_dir, exist_ok=True)
     store = Store(opts.state_dir)
-    view = open_view(opts.mode, store)
+    mode, why = choose(opts.mode, store.root)
+    log.info("data plane: %s view, because %s", mode, why)
+    metrics.VIEW_MODE.labels(mode).set(1)
+    view = open_view(mode, store)
     publications = Publications(opts.state_dir)
     store.remove_temp_files()
     store.remove_unused_blobs(older_than=time.time())  # nothing is in flight yet: partial pulls go
-    reconcile(publications, view)
+    reconcile(publications, view)  # an erofs view re-mounts a digest's image missing since a reboot
     hosts.ssl_context(hosts.TLS())  # the node's trust store takes ~20 ms: now, not in the first pod's pull
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     server.add_generic_rpc_handlers((progress.rpc_handler(),))

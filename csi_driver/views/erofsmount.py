@@ -45,7 +45,7 @@ FSMOUNT_CLOEXEC = 0x1
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
-_MAX_VALUE = 255  # fsconfig's strndup_user limit is 256 bytes with the NUL
+MAX_OPTION_BYTES = 255  # fsconfig's strndup_user limit is 256 bytes with the NUL
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -90,14 +90,14 @@ class _ShortPaths:
         self._dirs: dict[str, int] = {}
 
     def __call__(self, path: str) -> str:
-        if len(os.fsencode(path)) <= _MAX_VALUE:
+        if len(os.fsencode(path)) <= MAX_OPTION_BYTES:
             return path
         parent, name = os.path.split(path)
         fd = self._dirs.get(parent)
         if fd is None:
             fd = self._dirs[parent] = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         short = f"/proc/self/fd/{fd}/{name}"
-        if len(os.fsencode(short)) > _MAX_VALUE:
+        if len(os.fsencode(short)) > MAX_OPTION_BYTES:
             raise ValueError(f"the file name {name!r} is too long for a mount option")
         return short
 
