@@ -243,10 +243,11 @@ class Watch:
             "canary": sorted((p.name, p.lstat().st_mtime_ns, p.lstat().st_size) for p in canary.iterdir()),
             "canary mtime": canary.stat().st_mtime_ns,
             "victim": self.canary.victim.read_bytes(),
-            "mounts": sorted(m.mount_point for m in kernel.mount_table()),
+            # An erofs digest's own mount under the state dir is the view, as bind's trees/ is.
+            "mounts": sorted(m.mount_point for m in kernel.mount_table() if not m.mount_point.startswith(f"{self.state}/erofs/")),
             "marked": _marked(
                 [Path("/"), Path("/tmp"), Path("/etc"), Path.cwd(), self.state.parent],
-                [self.kubelet_root, *(self.state / sub for sub in ("tmp", "trees") if (self.state / sub).exists())],
+                [self.kubelet_root, *(self.state / sub for sub in ("tmp", "trees", "erofs") if (self.state / sub).exists())],
             ),
         }
 
