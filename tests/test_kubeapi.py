@@ -324,7 +324,7 @@ def test_skipped_secret_is_a_warning_and_the_next_one_is_used(
         api.put("secrets", skipped)
     api.put("secrets", dockerconfigjson(NS, "regcred", {"r.example": {"username": "u", "password": PASSWORD}}))
     put_pod(api, "skipped", "regcred")
-    with caplog.at_level(logging.WARNING, logger="csi_driver.registry.kubeapi"):
+    with caplog.at_level(logging.WARNING, logger="oci-volume-csi"):
         indexes = kubeapi.pod_pull_secrets(client(api, pki, tmp_path), published())
     assert lookups(indexes) == [[("u", PASSWORD)]]
     assert warning in caplog.text

@@ -80,7 +80,7 @@ import yaml
 from csi_driver import errors
 from csi_driver.registry.dockerconfig import AuthIndex
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("oci-volume-csi")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 PULL_SECRET_KEYS = {"kubernetes.io/dockerconfigjson": ".dockerconfigjson", "kubernetes.io/dockercfg": ".dockercfg"}
