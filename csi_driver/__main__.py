@@ -187,6 +187,15 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _pull_flags(serve)
     serve.add_argument(
+        "--pod-pull-secrets", action="store_true",
+        help="also try the secrets the pod's spec names in imagePullSecrets, read through the Kubernetes API "
+        "(needs get on pods and secrets: see docs/credentials.md)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--kubeconfig", type=flags.file, metavar="FILE",
+        help="reach the Kubernetes API with this kubeconfig, e.g. the kubelet's (default: the in-cluster configuration)",
+    )  # fmt: skip
+    serve.add_argument(
         "--metrics-address", type=flags.address, metavar="[HOST]:PORT", help="serve Prometheus metrics here, e.g. :9810 (default: off)"
     )
     serve.add_argument(
@@ -280,6 +289,10 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("file", nargs="?", default="-", help="YAML, one or more documents (default: stdin)")
     convert.add_argument("--check", action="store_true", help="print nothing but what would change; exit 1 if anything would")
     convert.add_argument(
+        "--pod-pull-secrets", action="store_true",
+        help="the cluster runs the driver with --pod-pull-secrets: leave imagePullSecrets to it, add no nodePublishSecretRef",
+    )  # fmt: skip
+    convert.add_argument(
         "--driver-name", type=flags.driver_name, default=DEFAULT_DRIVER_NAME, metavar="NAME",
         help=f"CSI driver name (default {DEFAULT_DRIVER_NAME})",
     )  # fmt: skip
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
         from csi_driver import convert
 
-        return convert.run(args.file, check=args.check, driver=args.driver_name)
+        return convert.run(args.file, check=args.check, driver=args.driver_name, pod_pull_secrets=args.pod_pull_secrets)
     if human:
         from csi_driver import cli
 
@@ -365,6 +378,8 @@ def _credential_sources(args: argparse.Namespace) -> CredentialSources:
         docker_configs=tuple(Path(p) for p in args.docker_config) or default_docker_configs(),
         provider_config=path(args.image_credential_provider_config),
         provider_bin_dir=path(args.image_credential_provider_bin_dir),
+        pod_pull_secrets=getattr(args, "pod_pull_secrets", False),
+        kubeconfig=path(getattr(args, "kubeconfig", None)),
     )
 
 

@@ -3,7 +3,12 @@
 A manifest written for Kubernetes ≥ 1.35 mounts artifacts with ``volumes[].image``, which older API
 servers refuse. The ``csi:`` volume that replaces it has the same meaning: the volume attributes
 carry the image volume source's own fields (``reference``, ``pullPolicy``, same names, same
-defaults), and the pod's pull secret becomes ``nodePublishSecretRef``.
+defaults), and the pod's pull secret becomes ``nodePublishSecretRef`` (not when the cluster runs
+the driver with ``--pod-pull-secrets``: it then reads ``imagePullSecrets`` itself, as the kubelet
+does for an image volume). Inline volumes of warm-metal's image driver (``csi-image.warm-metal.tech``:
+attributes ``image``, ``pullAlways``, ``secret``, ``secretNamespace``) are rewritten too, keeping
+what they meant: ``pullAlways`` unset used the node's copy, so it becomes ``pullPolicy: IfNotPresent``
+where this driver's default would be ``Always``, and ``secret`` becomes ``nodePublishSecretRef``.
 
 The YAML is edited round-trip (ruamel.yaml) and one document at a time: a document with no image
 volume comes out byte for byte, and a converted one keeps its comments, key order, quoting and
@@ -25,7 +30,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from csi_driver import DEFAULT_DRIVER_NAME
+from csi_driver import DEFAULT_DRIVER_NAME, errors
+from csi_driver.reference import default_pull_policy, parse_reference
 
 # Where each workload kind keeps its pod spec.
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
@@ -46,6 +52,7 @@ _DOCUMENT_START = re.compile(r"^---(?=[ \t\r\n]|$)", re.MULTILINE)
 _BARE_START = re.compile(r"---[ \t]*(#[^\n]*)?\n")
 
 SECRET_COMMENT = "from imagePullSecrets; the Secret must be in the pod's namespace"
+WARM_METAL_DRIVER = "csi-image.warm-metal.tech"
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class Converted:
     kind: str
     name: str
     volume: str
+    source: str = "image volume"  # what it was: "image volume" or "warm-metal volume"
+    notes: tuple[str, ...] = ()  # what could not be kept as it was, for stderr
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.name}: volume {self.volume}"
@@ -75,12 +84,12 @@ def pod_specs(document: object) -> Iterator[tuple[dict, dict]]:
         yield document, node
 
 
-def _csi_volume(volume: CommentedMap, spec: dict, driver: str) -> None:
+def _csi_volume(volume: CommentedMap, spec: dict, driver: str, pod_pull_secrets: bool) -> None:
     """Replace ``volume["image"]`` by the equivalent ``csi`` source, in the same place."""
     position = list(volume).index("image")
     attributes = volume.pop("image")
     csi = CommentedMap(driver=driver, readOnly=True)
-    secrets = spec.get("imagePullSecrets") or []
+    secrets = [] if pod_pull_secrets else spec.get("imagePullSecrets") or []
     if secrets:
         csi["nodePublishSecretRef"] = CommentedMap(name=secrets[0]["name"])
         unused = f"; {len(secrets) - 1} more not used (one secret per volume)" if len(secrets) > 1 else ""
@@ -103,14 +112,71 @@ def _give_lines(volume: CommentedMap, volumes: object) -> None:
             volumes.fa.set_block_style()  # a block mapping cannot sit in a flow sequence
 
 
-def _convert_data(data: object, driver: str) -> list[Converted]:
+def _from_warm_metal(csi: CommentedMap, namespace: object, driver: str) -> tuple[str, ...]:
+    """Rewrite a warm-metal inline ``csi`` source in place as one of ``driver``; say what was lost."""
+    notes = []
+    attributes = csi.get("volumeAttributes")
+    if not isinstance(attributes, CommentedMap):
+        attributes = CommentedMap()
+    renamed = CommentedMap()
+    secret, secret_namespace = attributes.get("secret"), attributes.get("secretNamespace")
+    for key, value in attributes.items():
+        if key == "image":
+            new_key = "reference"
+            renamed[new_key] = value
+        elif key == "pullAlways":
+            new_key = "pullPolicy"
+            renamed[new_key] = "Always" if str(value).lower() == "true" else "IfNotPresent"
+        elif key in ("secret", "secretNamespace"):
+            continue
+        else:
+            new_key = key
+            renamed[key] = value
+            notes.append(f"attribute {key} has no equivalent here; remove it (the driver refuses unknown attributes)")
+        if key in attributes.ca.items:  # a comment on the line stays on it
+            renamed.ca.items[new_key] = attributes.ca.items[key]
+    if "pullPolicy" not in renamed and _defaults_to_always(renamed.get("reference")):
+        renamed["pullPolicy"] = "IfNotPresent"  # warm-metal used the node's copy unless pullAlways
+    csi["driver"] = driver
+    if csi.get("readOnly") is not True:
+        notes.append("warm-metal's ephemeral volumes are writable unless readOnly; this driver's are read-only")
+        if "readOnly" in csi:
+            csi["readOnly"] = True
+        else:
+            csi.insert(list(csi).index("driver") + 1, "readOnly", True)
+    if secret and "nodePublishSecretRef" not in csi:
+        csi.insert(list(csi).index("readOnly") + 1, "nodePublishSecretRef", CommentedMap(name=secret))
+    if secret_namespace and secret_namespace != namespace:
+        notes.append(
+            f"secretNamespace {secret_namespace} is dropped: nodePublishSecretRef is read from the pod's namespace"
+        )
+    if attributes.fa.flow_style():
+        renamed.fa.set_flow_style()
+    csi["volumeAttributes"] = renamed
+    return tuple(notes)
+
+
+def _defaults_to_always(reference: object) -> bool:
+    try:
+        return default_pull_policy(parse_reference(str(reference))) == "Always"
+    except errors.DriverError:
+        return False  # the driver will name the bad reference
+
+
+def _convert_data(data: object, driver: str, pod_pull_secrets: bool = False) -> list[Converted]:
     converted = []
     for owner, spec in pod_specs(data):
+        meta = owner.get("metadata") or {}
         for volume in spec.get("volumes") or []:
-            if isinstance(volume, CommentedMap) and "image" in volume:
-                _csi_volume(volume, spec, driver)
-                name = (owner.get("metadata") or {}).get("name", "?")
-                converted.append(Converted(str(owner.get("kind")), str(name), str(volume.get("name"))))
+            if not isinstance(volume, CommentedMap):
+                continue
+            where = (str(owner.get("kind")), str(meta.get("name", "?")), str(volume.get("name")))
+            if "image" in volume:
+                _csi_volume(volume, spec, driver, pod_pull_secrets)
+                converted.append(Converted(*where))
+            elif isinstance(volume.get("csi"), CommentedMap) and volume["csi"].get("driver") == WARM_METAL_DRIVER:
+                notes = _from_warm_metal(volume["csi"], meta.get("namespace"), driver)
+                converted.append(Converted(*where, source="warm-metal volume", notes=notes))
     return converted
 
 
@@ -120,7 +186,9 @@ def split_documents(text: str) -> list[str]:
     return [text[start:end] for start, end in pairwise(bounds) if end > start]
 
 
-def convert_document(text: str, driver: str = DEFAULT_DRIVER_NAME) -> tuple[str, list[Converted]]:
+def convert_document(
+    text: str, driver: str = DEFAULT_DRIVER_NAME, pod_pull_secrets: bool = False
+) -> tuple[str, list[Converted]]:
     """One YAML document, converted; unchanged text when it has no image volume."""
     head = ""
     if (bare := _BARE_START.match(text)) is not None:
@@ -130,7 +198,7 @@ def convert_document(text: str, driver: str = DEFAULT_DRIVER_NAME) -> tuple[str,
     yaml.width = 1 << 16  # never fold a long line that was not folded
     yaml.brace_single_entry_mapping_in_flow_sequence = True  # [{name: x}] stays so, not [name: x]
     data = yaml.load(text)
-    converted = _convert_data(data, driver)
+    converted = _convert_data(data, driver, pod_pull_secrets)
     if not converted:
         return head + text, []
     _, indent, offset = load_yaml_guess_indent(text)
@@ -141,17 +209,19 @@ def convert_document(text: str, driver: str = DEFAULT_DRIVER_NAME) -> tuple[str,
     return head + out.getvalue(), converted
 
 
-def convert(text: str, driver: str = DEFAULT_DRIVER_NAME) -> tuple[str, list[Converted]]:
-    """A multi-document YAML stream with every image volume rewritten as a ``csi`` volume."""
+def convert(
+    text: str, driver: str = DEFAULT_DRIVER_NAME, pod_pull_secrets: bool = False
+) -> tuple[str, list[Converted]]:
+    """A multi-document YAML stream with every image (and warm-metal) volume rewritten as a ``csi`` volume."""
     parts, converted = [], []
     for document in split_documents(text):
-        new, done = convert_document(document, driver)
+        new, done = convert_document(document, driver, pod_pull_secrets)
         parts.append(new)
         converted += done
     return "".join(parts), converted
 
 
-def run(path: str, check: bool, driver: str = DEFAULT_DRIVER_NAME) -> int:
+def run(path: str, check: bool, driver: str = DEFAULT_DRIVER_NAME, pod_pull_secrets: bool = False) -> int:
     """The subcommand: the converted YAML on stdout, or with ``check`` only what would change.
 
     Exit 0 when done (or, with ``check``, nothing to change), 1 when ``check`` found image
@@ -159,13 +229,15 @@ def run(path: str, check: bool, driver: str = DEFAULT_DRIVER_NAME) -> int:
     """
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        new, converted = convert(text, driver)
+        new, converted = convert(text, driver, pod_pull_secrets)
     except (OSError, UnicodeDecodeError, YAMLError) as exc:
         print(f"oci-volume-csi convert: {path}: {exc}", file=sys.stderr)
         return 2
     for item in converted:
         done = "would become" if check else "is now"
-        print(f"{path}: {item}: image volume {done} a csi volume of {driver}", file=sys.stderr)
+        print(f"{path}: {item}: {item.source} {done} a csi volume of {driver}", file=sys.stderr)
+        for note in item.notes:
+            print(f"{path}: {item}: {note}", file=sys.stderr)
     if check:
         return 1 if converted else 0
     sys.stdout.write(new)

@@ -36,6 +36,10 @@ class PermissionDenied(DriverError):
     code = "PERMISSION_DENIED"
 
 
+class CredentialsRefused(PermissionDenied):
+    """The registry refused the credentials (or wanted some): another credential source may do."""
+
+
 class Unavailable(DriverError):
     code = "UNAVAILABLE"
 

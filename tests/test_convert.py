@@ -2,7 +2,7 @@
 
 Each input has a reviewed expected output (``*.out.yaml``): the Pod of the Kubernetes image
 volume docs, the Klaus Deployment its Helm chart renders, a multi-document file with every
-workload kind, and pull-secret cases. Besides matching those byte for byte, the output must
+workload kind, pull-secret cases, and warm-metal's image driver volumes. Besides matching those byte for byte, the output must
 differ from the input in the image volumes only, be valid for Kubernetes 1.27–1.34 (the input
 is not, before 1.31), and carry attributes the driver accepts.
 """
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from csi_driver import DEFAULT_DRIVER_NAME
-from csi_driver.convert import SECRET_COMMENT, convert, pod_specs, split_documents
+from csi_driver.convert import SECRET_COMMENT, WARM_METAL_DRIVER, convert, pod_specs, split_documents
 from csi_driver.csi import spec
 from kubelet import publish_request
 from manifests import KUBERNETES_VERSIONS, documents, validate
@@ -42,13 +42,36 @@ def objects(path: Path) -> list[dict]:
     return [item for doc in documents(path) for item in (doc["items"] if doc["kind"] == "List" else [doc])]
 
 
-def as_csi(volume: dict, pod: dict, driver: str = DEFAULT_DRIVER_NAME) -> dict:
+def as_csi(volume: dict, pod: dict, driver: str = DEFAULT_DRIVER_NAME, pod_pull_secrets: bool = False) -> dict:
     """What convert must make of one image volume, written out independently of its code."""
     csi: dict = {"driver": driver, "readOnly": True}
-    if pod.get("imagePullSecrets"):
+    if pod.get("imagePullSecrets") and not pod_pull_secrets:
         csi["nodePublishSecretRef"] = {"name": pod["imagePullSecrets"][0]["name"]}
     csi["volumeAttributes"] = volume["image"]
     return {"name": volume["name"], "csi": csi}
+
+
+def from_warm_metal(volume: dict) -> dict:
+    """What convert must make of one warm-metal inline volume (tests/convert/warm-metal.in.yaml's kinds)."""
+    old = volume["csi"]["volumeAttributes"]
+    attributes = {"reference": old["image"]}
+    if old.get("pullAlways") == "true":
+        attributes["pullPolicy"] = "Always"
+    elif ":" not in old["image"].rsplit("/", 1)[-1] or old["image"].endswith(":latest"):
+        attributes["pullPolicy"] = "IfNotPresent"  # warm-metal's meaning, not this driver's default
+    csi: dict = {"driver": DEFAULT_DRIVER_NAME, "readOnly": True}
+    if old.get("secret"):
+        csi["nodePublishSecretRef"] = {"name": old["secret"]}
+    csi["volumeAttributes"] = attributes
+    return {"name": volume["name"], "csi": csi}
+
+
+def converted_volume(volume: dict, pod: dict) -> dict:
+    if "image" in volume:
+        return as_csi(volume, pod)
+    if volume.get("csi", {}).get("driver") == WARM_METAL_DRIVER:
+        return from_warm_metal(volume)
+    return volume
 
 
 def test_there_is_a_case_for_each_workload_kind() -> None:
@@ -59,7 +82,7 @@ def test_there_is_a_case_for_each_workload_kind() -> None:
 @pytest.mark.parametrize("source", INPUTS, ids=lambda p: p.stem)
 def test_output_is_the_reviewed_one(source: Path) -> None:
     converted, done = convert(source.read_text())
-    assert done, f"{source.name} has image volumes to convert"
+    assert done, f"{source.name} has volumes to convert"
     assert converted == expected_path(source).read_text()
 
 
@@ -68,7 +91,7 @@ def test_only_image_volumes_change(source: Path) -> None:
     wanted = copy.deepcopy(documents(source))
     for doc in wanted:
         for _, pod in pod_specs(doc):
-            pod["volumes"] = [as_csi(v, pod) if "image" in v else v for v in pod["volumes"]]
+            pod["volumes"] = [converted_volume(v, pod) for v in pod["volumes"]]
     assert documents(expected_path(source)) == wanted
 
 
@@ -145,3 +168,29 @@ def test_cli_driver_name_and_unreadable_input(tmp_path: Path) -> None:
     assert run_cli(str(broken)).returncode == 2
     missing = run_cli(str(tmp_path / "missing.yaml"))
     assert missing.returncode == 2 and "missing.yaml" in missing.stderr
+
+
+def test_with_pod_pull_secrets_image_volumes_get_no_node_publish_secret_ref() -> None:
+    """The driver reads imagePullSecrets itself then (serve --pod-pull-secrets), as the kubelet does."""
+    source = CASES / "pull-secrets.in.yaml"
+    text, done = convert(source.read_text(), pod_pull_secrets=True)
+    assert len(done) == 2 and "nodePublishSecretRef" not in text
+    wanted = copy.deepcopy(documents(source))
+    for doc in wanted:
+        for _, pod in pod_specs(doc):
+            pod["volumes"] = [as_csi(v, pod, pod_pull_secrets=True) if "image" in v else v for v in pod["volumes"]]
+    assert list(yaml.safe_load_all(text)) == wanted
+    cli = run_cli("--pod-pull-secrets", str(source))
+    assert cli.returncode == 0 and cli.stdout == text
+
+
+def test_warm_metal_volumes_say_what_they_lose() -> None:
+    done = run_cli(str(CASES / "warm-metal.in.yaml"))
+    assert done.returncode == 0
+    assert done.stderr.count("warm-metal volume is now a csi volume of oci-volume.csi.dev") == 2
+    assert "Job/ephemeral-volume: volume latest: warm-metal's ephemeral volumes are writable" in done.stderr
+    other = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec:\n  containers: []\n  volumes:\n"
+    other += f"  - {{name: v, csi: {{driver: {WARM_METAL_DRIVER}, readOnly: true, volumeAttributes: "
+    other += "{image: r.example/x:v1, secret: s, secretNamespace: b, extra: 'y'}}}\n"
+    notes = run_cli(stdin=other).stderr
+    assert "secretNamespace b is dropped" in notes and "attribute extra has no equivalent here" in notes

@@ -7,6 +7,7 @@ it gets (with its arguments) to a calls file, which is how the tests count plugi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -18,6 +19,9 @@ import pytest
 import yaml
 
 from csi_driver import errors
+from csi_driver.registry.kubeapi import Pod
+from kube_api_stub import PKI, KubeAPI, service_account
+from test_kubeapi import NS, TOKEN, api, kubeconfig, pki  # noqa: F401 - fixtures
 from csi_driver.reference import Reference, parse_reference
 from csi_driver.registry.credentialprovider import load_config, parse_duration, run_plugin
 from csi_driver.registry.credentials import CredentialSources, Keyring
@@ -39,7 +43,8 @@ response = {{
     "auth": {{
         os.environ.get("AUTH_KEY", "*.example.com"): {{
             "username": os.environ["PLUGIN_USER"],
-            "password": sys.argv[sys.argv.index("--password") + 1],
+            "password": request["serviceAccountToken"] if os.environ.get("ECHO_TOKEN")
+            else sys.argv[sys.argv.index("--password") + 1],
         }}
     }},
 }}
@@ -51,6 +56,10 @@ print(json.dumps(response))
 HANGS = "#!/bin/sh\nsleep 30\n"  # the child sleep holds stdout: only a group kill ends it
 
 PASSWORD = "pl4gin-s3cret"
+AUDIENCE = "registry.example/credential-exchange"
+TOKENS = {"serviceAccountTokenAudience": AUDIENCE, "requireServiceAccount": True}
+POD_TOKEN = "pod-sa-token-Lw9q"
+ROLE_KEY, HINT_KEY = "registry.example/role", "registry.example/region"
 
 
 class Setup:
@@ -259,6 +268,14 @@ def test_answer_with_another_api_version_is_refused(setup: Setup) -> None:
         ({"apiVersion": "credentialprovider.kubelet.k8s.io/v2"}, "apiVersion"),
         ({"name": "../escape"}, "must be a file name"),
         ({"name": "absent"}, "is not an executable file"),
+        ({"tokenAttributes": {"requireServiceAccount": True}}, "serviceAccountTokenAudience is required"),
+        ({"tokenAttributes": {"serviceAccountTokenAudience": "aud"}}, "requireServiceAccount is required"),
+        ({"tokenAttributes": {**TOKENS, "cacheType": "Pod"}}, "cacheType 'Pod'"),
+        ({"tokenAttributes": {**TOKENS, "requiredServiceAccountAnnotationKeys": ["k"],
+                              "optionalServiceAccountAnnotationKeys": ["k"]}}, "both required and optional"),
+        ({"tokenAttributes": {**TOKENS, "requireServiceAccount": False,
+                              "requiredServiceAccountAnnotationKeys": ["k"]}}, "needs requireServiceAccount: true"),
+        ({"tokenAttributes": TOKENS, "apiVersion": "credentialprovider.kubelet.k8s.io/v1beta1"}, "tokenAttributes needs"),
     ],
 )
 def test_bad_provider_config_is_refused_saying_why(setup: Setup, change: dict, complaint: str) -> None:
@@ -283,9 +300,153 @@ def test_broken_provider_config_leaves_the_other_sources_working(
     assert keyring.for_pod({}, ref("eu.example.com/app:v1")) == ("node", "n")
 
 
-def test_providers_wanting_service_account_tokens_are_skipped(setup: Setup) -> None:
-    setup.write(tokenAttributes={"serviceAccountTokenAudience": "aud", "requireServiceAccount": True})
-    assert load_config(setup.config, setup.bin_dir) == []
+# --- providers with tokenAttributes (KEP-4412): the pod's service-account token ---------------------
+
+
+@pytest.fixture
+def token_api(api: KubeAPI) -> KubeAPI:
+    """The stub API with two service accounts of the namespace, annotated as workload identity would."""
+    api.put("serviceaccounts", service_account(NS, "builder", {ROLE_KEY: "arn:role/builder", HINT_KEY: "eu",
+                                                               "unrelated": "not-sent"}))  # fmt: skip
+    api.put("serviceaccounts", service_account(NS, "deployer", {ROLE_KEY: "arn:role/deployer"}))
+    api.put("serviceaccounts", service_account(NS, "plain"))
+    return api
+
+
+def token_keyring(
+    setup: Setup, api: KubeAPI, pki: PKI, tmp_path: Path, env: dict[str, str] | None = None, **attributes: object
+) -> Keyring:
+    """A Keyring whose provider wants tokens of AUDIENCE, reaching the stub API with a token kubeconfig."""
+    sources = setup.write(default_cache_duration="1h", env={"CACHE_KEY_TYPE": "Registry", **(env or {})},
+                          tokenAttributes={**TOKENS, **attributes})  # fmt: skip
+    config = kubeconfig(tmp_path, {"server": api.url, "certificate-authority": str(pki.ca.cert)}, {"token": TOKEN})
+    return Keyring(dataclasses.replace(sources, kubeconfig=config))
+
+
+def pod_of(account: str, token: str | None = POD_TOKEN, name: str = "app-0") -> Pod:
+    return Pod(NS, name, f"uid-{name}", account, {AUDIENCE: token} if token else {})
+
+
+def test_provider_gets_the_pods_token_and_the_annotations_its_config_names(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path
+) -> None:
+    keyring = token_keyring(setup, token_api, pki, tmp_path, requiredServiceAccountAnnotationKeys=[ROLE_KEY],
+                            optionalServiceAccountAnnotationKeys=[HINT_KEY, "absent.example/key"])  # fmt: skip
+    assert keyring.for_pod({}, ref("eu.example.com/app:v1"), pod_of("builder")) == CREDS
+    [call] = setup.requests()
+    assert call["request"] == {
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1", "kind": "CredentialProviderRequest",
+        "image": "eu.example.com/app", "serviceAccountToken": POD_TOKEN,
+        "serviceAccountAnnotations": {ROLE_KEY: "arn:role/builder", HINT_KEY: "eu"},
+    }  # fmt: skip
+
+
+def test_provider_answers_are_cached_per_service_account(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path
+) -> None:
+    """The kubelet's cache key: the image's (here the registry's) plus namespace, name, uid and annotations."""
+    keyring = token_keyring(setup, token_api, pki, tmp_path, requiredServiceAccountAnnotationKeys=[ROLE_KEY])
+    image = ref("eu.example.com/app:v1")
+    keyring.for_pod({}, image, pod_of("builder"))
+    keyring.for_pod({}, ref("eu.example.com/other:v1"), pod_of("builder", token="another-pods-token", name="app-1"))
+    assert len(setup.requests()) == 1  # same account, same registry: cached
+    keyring.for_pod({}, image, pod_of("deployer"))
+    assert len(setup.requests()) == 2  # another account runs the plugin again, with its own token
+    token_api.put("serviceaccounts", service_account(NS, "deployer", {ROLE_KEY: "arn:role/deployer"}))  # new uid
+    keyring.for_pod({}, image, pod_of("deployer"))
+    assert len(setup.requests()) == 3
+    token_api.put("serviceaccounts", service_account(NS, "builder", {ROLE_KEY: "arn:role/changed"}))
+    keyring.for_pod({}, image, pod_of("builder"))
+    assert [c["request"]["serviceAccountAnnotations"][ROLE_KEY] for c in setup.requests()] == [
+        "arn:role/builder", "arn:role/deployer", "arn:role/deployer", "arn:role/changed"
+    ]  # fmt: skip
+
+
+def test_token_cache_type_keys_answers_by_token_and_allows_echoing_it(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path
+) -> None:
+    keyring = token_keyring(setup, token_api, pki, tmp_path, env={"ECHO_TOKEN": "1"}, cacheType="Token")
+    image = ref("eu.example.com/app:v1")
+    assert keyring.for_pod({}, image, pod_of("plain")) == ("plugin-user", POD_TOKEN)
+    assert keyring.for_pod({}, image, pod_of("plain")) == ("plugin-user", POD_TOKEN)
+    assert keyring.for_pod({}, image, pod_of("plain", token="t2", name="b")) == ("plugin-user", "t2")
+    assert len(setup.requests()) == 2  # one run per token, however many pulls with it
+
+
+def test_token_echoed_as_the_password_is_refused_unless_cached_per_token(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keyring = token_keyring(setup, token_api, pki, tmp_path, env={"ECHO_TOKEN": "1"})
+    notes: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        assert list(keyring.candidates({}, ref("eu.example.com/app:v1"), pod_of("plain"), notes)) == []
+    assert "needs tokenAttributes.cacheType: Token" in notes[0]
+    assert POD_TOKEN not in caplog.text + "".join(notes)
+
+
+def test_required_service_account_without_a_token_names_the_csidriver_field(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path
+) -> None:
+    keyring = token_keyring(setup, token_api, pki, tmp_path)
+    notes: list[str] = []
+    assert list(keyring.candidates({}, ref("eu.example.com/app:v1"), pod_of("builder", token=None), notes)) == []
+    assert setup.requests() == []
+    assert f"add {{audience: {AUDIENCE}}} to spec.tokenRequests of the driver's CSIDriver object" in notes[0]
+
+
+def test_optional_service_account_without_a_token_runs_the_provider_without_one(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keyring = token_keyring(setup, token_api, pki, tmp_path, requireServiceAccount=False)
+    with caplog.at_level(logging.WARNING):
+        assert keyring.for_pod({}, ref("eu.example.com/app:v1"), pod_of("builder", token=None)) == CREDS
+    assert "serviceAccountToken" not in setup.requests()[0]["request"]
+    assert "spec.tokenRequests" in caplog.text
+    assert keyring.for_pod({}, ref("eu.example.com/app:v1"), pod_of("", token=None)) == CREDS  # no account at all
+
+
+def test_missing_required_annotation_skips_the_provider_and_says_so(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path
+) -> None:
+    """The kubelet's opt-in: an account without the annotation does not run the plugin."""
+    keyring = token_keyring(setup, token_api, pki, tmp_path, requiredServiceAccountAnnotationKeys=[ROLE_KEY])
+    notes: list[str] = []
+    assert list(keyring.candidates({}, ref("eu.example.com/app:v1"), pod_of("plain"), notes)) == []
+    assert setup.requests() == []
+    assert f"service account {NS}/plain lacks the required annotation(s) {ROLE_KEY}" in notes[0]
+
+
+def test_required_service_account_and_none_named(setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path) -> None:
+    keyring = token_keyring(setup, token_api, pki, tmp_path)
+    notes: list[str] = []
+    assert list(keyring.candidates({}, ref("eu.example.com/app:v1"), pod_of("", token=None), notes)) == []
+    assert "podInfoOnMount: true" in notes[0]
+    missing = pod_of("ghost")
+    assert list(keyring.candidates({}, ref("eu.example.com/app:v1"), missing, notes)) == []
+    assert f"service account {NS}/ghost of pod {NS}/app-0 does not exist" in notes[1]
+
+
+def test_token_providers_are_left_out_without_api_access(
+    setup: Setup, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    sources = setup.write(tokenAttributes=TOKENS)
+    with caplog.at_level(logging.WARNING):
+        keyring = Keyring(sources)
+    assert "credential providers fake-provider need it and are not used" in caplog.text
+    assert keyring.for_pod({}, ref("eu.example.com/app:v1"), pod_of("builder")) is None
+
+
+def test_no_token_in_any_log_line_or_message(
+    setup: Setup, token_api: KubeAPI, pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    notes: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        keyring = token_keyring(setup, token_api, pki, tmp_path, requiredServiceAccountAnnotationKeys=[ROLE_KEY])
+        for account in ("builder", "plain", "ghost"):
+            list(keyring.candidates({}, ref("eu.example.com/app:v1"), pod_of(account), notes))
+        shown = repr(pod_of("builder")) + repr(keyring._providers[0])
+    assert POD_TOKEN not in caplog.text + "".join(notes) + shown and TOKEN not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The CSI Node service: thin glue from requests to the data-flow steps.
 
 NodePublishVolume runs spec → pull → view → mount → record; NodeUnpublishVolume
-undoes the mount and the record. Idempotency is decided from the mount table and
+undoes the mount and the record. The pull tries the pod's and the node's credentials in the
+kubelet's order, then anonymously, and the first the registry accepts wins. Idempotency is decided from the mount table and
 the publication records, never from guesses. Operations on one volume id are
 serialised by a lock that is never waited on: a second call while one is in
 flight answers ABORTED, which the kubelet retries.
@@ -10,6 +11,7 @@ flight answers ABORTED, which the kubelet retries.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -18,7 +20,9 @@ from csi_driver import errors, logs
 from csi_driver._pb import csi_pb2, csi_pb2_grpc
 from csi_driver.content.pull import PullConfig, pull
 from csi_driver.content.store import Store
-from csi_driver.csi.spec import check_target_path, check_volume_id, check_volume_path, from_publish_request
+from csi_driver.csi.spec import (
+    VolumeSpec, check_target_path, check_volume_id, check_volume_path, from_publish_request,
+)  # fmt: skip
 from csi_driver.mounts import kernel
 from csi_driver.mounts.publications import Publication, Publications
 from csi_driver.registry.authorize import AccessChecks
@@ -114,10 +118,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 )
             if existing and kernel.is_mount_point(spec.target_path):
                 return csi_pb2.NodePublishVolumeResponse()
-            creds = self.keyring.for_pod(spec.secrets, spec.reference)
-            digest = pull(
-                self.store, spec.reference, spec.pull_policy, creds, self.pull_config, self.access, spec.platform
-            )
+            digest = self._pull(spec)
             logs.annotate(digest=digest, mode=self.view.mode)
             self._mount(self.view.path_for(digest), spec.target_path, digest)
             self.publications.record(
@@ -135,6 +136,30 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             self.store.touch(digest)
         self.content_added.set()
         return csi_pb2.NodePublishVolumeResponse()
+
+    def _pull(self, spec: VolumeSpec) -> str:
+        """Pull with the first credentials the registry accepts: the kubelet's order, then anonymous.
+
+        A refusal (a 401 or 403 from the registry or its token service) moves on to the next
+        candidate, as the kubelet does; any other failure ends the publish. Content already on the
+        node is handed out with the same candidates, since each attempt checks the pod's access.
+        """
+        notes: list[str] = []
+        candidates = self.keyring.candidates(spec.secrets, spec.reference, spec.pod, notes)
+        refused: list[errors.CredentialsRefused] = []
+        for creds in itertools.chain(candidates, [None]):
+            try:
+                return pull(
+                    self.store, spec.reference, spec.pull_policy, creds, self.pull_config, self.access, spec.platform
+                )
+            except errors.CredentialsRefused as exc:
+                refused.append(exc)
+        message = refused[0].message
+        if len(refused) > 1:
+            message += f" ({len(refused) - 1} credential(s) tried in the kubelet's order, then anonymous: all refused)"
+        if notes:
+            message += "; not used: " + "; ".join(notes)
+        raise errors.CredentialsRefused(message)
 
     @staticmethod
     def _mount(source: str, target: str, digest: str) -> None:

@@ -4,8 +4,8 @@ The interceptor is the only place where driver exceptions become gRPC statuses,
 so servicers stay plain: raise an ``errors.DriverError`` and the pod event gets its
 code and message. Anything else is a bug: it is logged with its traceback and
 answered INTERNAL. Each RPC logs one compact line at INFO (method, volume id, reference,
-digest, code, time); the whole request only at DEBUG, with its ``secrets`` field cleared, so
-no credential ever reaches a log.
+digest, code, time); the whole request only at DEBUG, with its ``secrets`` field cleared and
+its service-account tokens masked, so no credential ever reaches a log.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from csi_driver.content.pull import PullConfig
 from csi_driver.content.store import Store
 from csi_driver.csi.identity import IdentityService
 from csi_driver.csi.node import NodeService
-from csi_driver.csi.spec import POD_INFO_PREFIX
+from csi_driver.csi.spec import POD_INFO_PREFIX, TOKENS_KEY
 from csi_driver.mounts.publications import Publications
 from csi_driver.mounts.reconcile import reconcile
 from csi_driver.registry import hosts
@@ -44,11 +44,16 @@ log = logging.getLogger("oci-volume-csi")
 
 
 def redacted(request) -> str:  # type: ignore[no-untyped-def]
-    """One line describing a request, without its secrets."""
-    if "secrets" in request.DESCRIPTOR.fields_by_name and request.secrets:
+    """One line describing a request, without its secrets or service-account tokens."""
+    fields = request.DESCRIPTOR.fields_by_name
+    tokens = "volume_context" in fields and TOKENS_KEY in request.volume_context
+    if ("secrets" in fields and request.secrets) or tokens:
         copy = type(request)()
         copy.CopyFrom(request)
-        copy.ClearField("secrets")
+        if "secrets" in fields:
+            copy.ClearField("secrets")
+        if tokens:
+            copy.volume_context[TOKENS_KEY] = "(redacted)"
         request = copy
     return text_format.MessageToString(request, as_one_line=True)
 
@@ -160,7 +165,11 @@ def serve(opts: ServeOptions) -> int:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=opts.workers), interceptors=[ErrorInterceptor()])
     server.add_generic_rpc_handlers((progress.rpc_handler(),))
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(opts.driver_name, store, view), server)
-    node = NodeService(opts.node_id, store, publications, view, opts.pull, Keyring(opts.credentials))
+    try:
+        keyring = Keyring(opts.credentials)  # with --pod-pull-secrets, the API configuration must be usable
+    except errors.DriverError as exc:
+        raise SystemExit(f"oci-volume-csi serve: {exc.message}") from None
+    node = NodeService(opts.node_id, store, publications, view, opts.pull, keyring)
     csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     path = socket_path(opts.endpoint)
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -4,11 +4,13 @@ This is the only place that reads the request's raw fields, so every later step
 works on checked values: an absolute target path without ``..``, a mount (not
 block) capability, a parsed reference and a known pull policy. Unknown volume
 attributes are refused by name (a typo such as ``pullpolicy`` must not be silently
-ignored); keys under ``csi.storage.k8s.io/`` are the kubelet's pod info.
+ignored); keys under ``csi.storage.k8s.io/`` are the kubelet's pod info, among them the
+service-account tokens the CSIDriver object's ``spec.tokenRequests`` asks for.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from csi_driver.registry.kubeapi import Pod
 ATTRIBUTES = ("reference", "pullPolicy", "platform")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 POD_INFO_PREFIX = "csi.storage.k8s.io/"
+TOKENS_KEY = POD_INFO_PREFIX + "serviceAccount.tokens"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,26 @@ def check_platform(text: str) -> str:
     return text
 
 
+def service_account_tokens(text: str) -> dict[str, str]:
+    """``{"<audience>": {"token": ..., "expirationTimestamp": ...}}`` → audience → token.
+
+    The kubelet writes this; a value it would never write is INVALID_ARGUMENT that quotes no token.
+    """
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("token"), str) for v in doc.values()
+    ):
+        raise errors.InvalidArgument(
+            f"{TOKENS_KEY} is not the kubelet's JSON map of audience to {{token, expirationTimestamp}}"
+        )
+    return {str(audience): value["token"] for audience, value in doc.items()}
+
+
 def _check_capability(request) -> None:  # type: ignore[no-untyped-def]
     if not request.HasField("volume_capability"):
         raise errors.InvalidArgument("volume_capability is missing: this driver serves mount volumes")
@@ -100,6 +123,7 @@ def from_publish_request(request) -> VolumeSpec:  # type: ignore[no-untyped-def]
         name=context.get(POD_INFO_PREFIX + "pod.name", ""),
         uid=context.get(POD_INFO_PREFIX + "pod.uid", ""),
         service_account=context.get(POD_INFO_PREFIX + "serviceAccount.name", ""),
+        tokens=service_account_tokens(context.get(TOKENS_KEY, "")),
     )
     platform = check_platform(context["platform"]) if context.get("platform") else ""
     return VolumeSpec(volume_id, target, reference, policy, pod, platform, dict(request.secrets))

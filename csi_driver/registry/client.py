@@ -417,7 +417,7 @@ class RegistryClient:
         headers = _with_auth({**dict(endpoint.headers), "Accept": "application/json"}, session.basic)
         with self._follow(session, endpoint, "GET", token_url, headers, subject) as response:
             if response.status_code in (401, 403):
-                raise errors.PermissionDenied(
+                raise errors.CredentialsRefused(
                     f"the token service of registry {endpoint.host} refused the credentials for "
                     f"{subject}: check the pod's nodePublishSecretRef (a dockerconfigjson Secret "
                     f"with an entry for {endpoint.host})"
@@ -594,7 +594,7 @@ def _check_status(response: requests.Response, where: str, subject: str, sent_cr
         )
     if status in (401, 403):
         given = "refused the credentials" if sent_credentials else "wants credentials"
-        raise errors.PermissionDenied(
+        raise errors.CredentialsRefused(
             f"registry {where} {given} for {subject}{detail}: check the pod's "
             f"nodePublishSecretRef (a dockerconfigjson Secret with an entry for {where}); "
             "some registries answer so for a repository that does not exist"

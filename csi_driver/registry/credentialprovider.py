@@ -18,14 +18,22 @@ kubelet can pull, with no second set of credentials to manage:
 * concurrent lookups of one image run the plugin once; a plugin gets ``timeout`` seconds (the
   kubelet's one minute by default), then its whole process group is killed.
 
-Providers with ``tokenAttributes`` (service-account tokens) are skipped: the driver has no token
-to hand them. A plugin's stdout and stderr are never logged or put in a message, since both may
-hold credentials.
+Providers with ``tokenAttributes`` (KEP-4412: the plugin swaps the pod's service-account token for
+registry credentials, e.g. ECR or ACR workload identity) get what the kubelet gives them: the
+request carries ``serviceAccountToken`` (a token of ``serviceAccountTokenAudience`` bound to the
+pod, which the kubelet hands the driver because the CSIDriver object asks for it in
+``spec.tokenRequests``) and ``serviceAccountAnnotations`` (the service account's annotations the
+config names). Their answers are cached per service account as well (namespace, name, uid and
+those annotations, as the kubelet keys them), so one account's credentials never serve another.
+Which account and token a lookup is for is the caller's business (:class:`ServiceAccount`).
+A plugin's stdout and stderr are never logged or put in a message, since both may hold
+credentials; neither is the token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +72,17 @@ def parse_duration(text: str) -> float:
 
 
 @dataclass(frozen=True)
+class TokenAttributes:
+    """A provider's ``tokenAttributes``: it wants the pod's service-account token of ``audience``."""
+
+    audience: str
+    require_service_account: bool
+    required_annotation_keys: tuple[str, ...] = ()
+    optional_annotation_keys: tuple[str, ...] = ()
+    cache_type: str = "ServiceAccount"  # or "Token": answers are cached per token, not per account
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     """One ``providers[]`` entry, validated."""
 
@@ -74,6 +93,29 @@ class ProviderSpec:
     api_version: str
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    token_attributes: TokenAttributes | None = None
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """The service account a lookup is for: what keys the cache, and what the request carries.
+
+    ``token`` is empty for a provider that runs without one (no ``requireServiceAccount`` and no
+    token); ``annotations`` holds only the keys the provider's config names.
+    """
+
+    namespace: str
+    name: str
+    uid: str
+    annotations: tuple[tuple[str, str], ...] = ()  # sorted
+    token: str = field(default="", repr=False, compare=False)
+
+    def cache_key(self, cache_type: str) -> tuple[str, ...]:
+        """What the kubelet keys a service-account provider's answers by, besides the image."""
+        key = (self.namespace, self.name, self.uid, *(f"{k}={v}" for k, v in self.annotations))
+        if cache_type == "Token":
+            key += ("token", hashlib.sha256(self.token.encode()).hexdigest() if self.token else "")
+        return key
 
 
 def load_config(config: Path, bin_dir: Path) -> list[ProviderSpec]:
@@ -99,26 +141,22 @@ def load_config(config: Path, bin_dir: Path) -> list[ProviderSpec]:
             spec = _provider(entry, bin_dir)
         except (errors.DriverError, ValueError, TypeError) as exc:
             raise bad(f"providers[{index}]: {getattr(exc, 'message', exc)}") from None
-        if spec is None:
-            continue
         if any(s.name == spec.name for s in specs):
             raise bad(f"provider name {spec.name!r} appears twice")
         specs.append(spec)
     return specs
 
 
-def _provider(entry: object, bin_dir: Path) -> ProviderSpec | None:
-    """Validate one provider as the kubelet does; None for one this driver cannot serve."""
+def _provider(entry: object, bin_dir: Path) -> ProviderSpec:
+    """Validate one provider as the kubelet does."""
     if not isinstance(entry, dict):
         raise TypeError("not an object")
     name = entry.get("name")
     if not isinstance(name, str) or not name or "/" in name or " " in name or name in (".", ".."):
         raise ValueError(f"name {name!r} must be a file name in the bin dir (no '/', no spaces)")
-    if entry.get("tokenAttributes") is not None:
-        log.warning("credential provider %s wants service-account tokens (tokenAttributes); skipping it", name)
-        return None
     if entry.get("apiVersion") not in PLUGIN_API_VERSIONS:
         raise ValueError(f"{name}: apiVersion {entry.get('apiVersion')!r} is not one of {sorted(PLUGIN_API_VERSIONS)}")
+    tokens = _token_attributes(name, entry)
     match_images = entry.get("matchImages")
     if not isinstance(match_images, list) or not match_images:
         raise ValueError(f"{name}: matchImages must list at least one registry")
@@ -141,6 +179,47 @@ def _provider(entry: object, bin_dir: Path) -> ProviderSpec | None:
         api_version=entry["apiVersion"],
         args=tuple(str(a) for a in args),
         env=tuple(_env_var(name, e) for e in env),
+        token_attributes=tokens,
+    )
+
+
+def _token_attributes(name: str, entry: dict) -> TokenAttributes | None:
+    """``tokenAttributes`` checked as the kubelet checks them (its validateCredentialProviderConfig)."""
+    attributes = entry.get("tokenAttributes")
+    if attributes is None:
+        return None
+    if not isinstance(attributes, dict):
+        raise TypeError(f"{name}: tokenAttributes must be an object")
+    if entry["apiVersion"] != "credentialprovider.kubelet.k8s.io/v1":
+        raise ValueError(f"{name}: tokenAttributes needs apiVersion credentialprovider.kubelet.k8s.io/v1")
+    audience = attributes.get("serviceAccountTokenAudience")
+    if not isinstance(audience, str) or not audience.strip():
+        raise ValueError(f"{name}: tokenAttributes.serviceAccountTokenAudience is required")
+    require = attributes.get("requireServiceAccount")
+    if not isinstance(require, bool):
+        raise ValueError(f"{name}: tokenAttributes.requireServiceAccount is required (true or false)")
+    keys = {}
+    for field_name in ("requiredServiceAccountAnnotationKeys", "optionalServiceAccountAnnotationKeys"):
+        listed = attributes.get(field_name) or []
+        if not isinstance(listed, list) or not all(isinstance(k, str) and k for k in listed):
+            raise ValueError(f"{name}: tokenAttributes.{field_name} must list annotation keys")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"{name}: tokenAttributes.{field_name} names a key twice")
+        keys[field_name] = tuple(listed)
+    both = set(keys["requiredServiceAccountAnnotationKeys"]) & set(keys["optionalServiceAccountAnnotationKeys"])
+    if both:
+        raise ValueError(f"{name}: annotation keys {sorted(both)} are both required and optional")
+    if keys["requiredServiceAccountAnnotationKeys"] and not require:
+        raise ValueError(f"{name}: requiredServiceAccountAnnotationKeys needs requireServiceAccount: true")
+    cache_type = attributes.get("cacheType") or "ServiceAccount"  # required from 1.34 on; 1.33 had none
+    if cache_type not in ("ServiceAccount", "Token"):
+        raise ValueError(f"{name}: tokenAttributes.cacheType {cache_type!r} is not ServiceAccount or Token")
+    return TokenAttributes(
+        audience,
+        require,
+        keys["requiredServiceAccountAnnotationKeys"],
+        keys["optionalServiceAccountAnnotationKeys"],
+        cache_type,
     )
 
 
@@ -159,9 +238,17 @@ class Response:
     auth: AuthIndex
 
 
-def run_plugin(spec: ProviderSpec, image: str, timeout: float) -> Response:
-    """Exec the plugin for ``image``; raise Unavailable/FailedPrecondition naming it, never its output."""
-    request = {"apiVersion": spec.api_version, "kind": "CredentialProviderRequest", "image": image}
+def run_plugin(spec: ProviderSpec, image: str, timeout: float, account: ServiceAccount | None = None) -> Response:
+    """Exec the plugin for ``image``; raise Unavailable/FailedPrecondition naming it, never its output.
+
+    With ``account``, the request carries its token and annotations, each only when there is
+    one (the kubelet's fields are ``omitempty``).
+    """
+    request: dict[str, object] = {"apiVersion": spec.api_version, "kind": "CredentialProviderRequest", "image": image}
+    if account is not None and account.token:
+        request["serviceAccountToken"] = account.token
+    if account is not None and account.annotations:
+        request["serviceAccountAnnotations"] = dict(account.annotations)
     try:
         process = subprocess.Popen(
             [str(spec.executable), *spec.args],
@@ -228,52 +315,78 @@ class Provider:
 
     spec: ProviderSpec
     timeout: float = DEFAULT_TIMEOUT
-    _cache: dict[tuple[str, str], tuple[float, AuthIndex]] = field(default_factory=dict, init=False)
+    _cache: dict[tuple[str, str, object], tuple[float, AuthIndex]] = field(default_factory=dict, init=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False)
-    _flights: dict[str, threading.Lock] = field(default_factory=dict, init=False)
+    _flights: dict[tuple[str, object], threading.Lock] = field(default_factory=dict, init=False)
 
-    def lookup(self, image: str) -> list[Credentials]:
-        """Credentials for ``image`` (``host[:port]/repository``), from the cache or one plugin run."""
-        if not any(matches(glob, image) for glob in self.spec.match_images):
+    def applies_to(self, image: str) -> bool:
+        return any(matches(glob, image) for glob in self.spec.match_images)
+
+    def lookup(self, image: str, account: ServiceAccount | None = None) -> list[Credentials]:
+        """Credentials for ``image`` (``host[:port]/repository``), from the cache or one plugin run.
+
+        ``account`` is the service account a ``tokenAttributes`` provider runs for; every cache
+        key then includes it, as the kubelet's do.
+        """
+        if not self.applies_to(image):
             return []
-        with self._flight(image):
-            auth = self._cached(image)
+        tokens = self.spec.token_attributes
+        scope = account.cache_key(tokens.cache_type) if account is not None and tokens is not None else None
+        with self._flight(image, scope):
+            auth = self._cached(image, scope)
             if auth is None:
-                auth = self._store(image, run_plugin(self.spec, image, self.timeout))
+                response = run_plugin(self.spec, image, self.timeout, account)
+                if account is not None and account.token and tokens is not None and tokens.cache_type != "Token":
+                    self._refuse_echoed_token(image, account.token, response.auth)
+                auth = self._store(image, scope, response)
         return auth.lookup(image)
 
-    @contextlib.contextmanager
-    def _flight(self, image: str) -> Iterator[None]:
-        """One plugin run per image at a time: the others wait, then find its answer in the cache.
+    def _refuse_echoed_token(self, image: str, token: str, auth: AuthIndex) -> None:
+        """The token itself as the password lives only as long as the token: caching it for the
+        whole account would hand one pod's token to the next, so the kubelet refuses it."""
+        if any(password == token for _, (_, password) in auth.entries):
+            raise errors.Unavailable(
+                f"credential provider {self.spec.name} answered {image} with the service-account token as the "
+                "password, which needs tokenAttributes.cacheType: Token in the provider config"
+            )
 
-        The locks are kept, one per repository name ever looked up: a few bytes each, and
-        dropping them safely would cost more code than they cost memory.
+    @contextlib.contextmanager
+    def _flight(self, image: str, scope: object) -> Iterator[None]:
+        """One plugin run per image (and service account) at a time: the others wait, then find
+        its answer in the cache.
+
+        The locks are kept, one per repository name (and account) ever looked up: a few bytes
+        each, and dropping them safely would cost more code than they cost memory.
         """
         with self._guard:
-            lock = self._flights.setdefault(image, threading.Lock())
+            lock = self._flights.setdefault((image, scope), threading.Lock())
         with lock:
             yield
 
     @staticmethod
-    def _keys(image: str) -> dict[str, tuple[str, str]]:
-        return {"Image": ("Image", image), "Registry": ("Registry", image.split("/", 1)[0]), "Global": ("Global", "")}
+    def _keys(image: str, scope: object) -> dict[str, tuple[str, str, object]]:
+        return {
+            "Image": ("Image", image, scope),
+            "Registry": ("Registry", image.split("/", 1)[0], scope),
+            "Global": ("Global", "", scope),
+        }
 
-    def _cached(self, image: str) -> AuthIndex | None:
+    def _cached(self, image: str, scope: object) -> AuthIndex | None:
         """The freshest answer that covers ``image``: cached for it, for its registry, or for all."""
         now = time.monotonic()
         with self._guard:
-            for key in self._keys(image).values():
+            for key in self._keys(image, scope).values():
                 hit = self._cache.get(key)
                 if hit is not None and hit[0] > now:
                     return hit[1]
         return None
 
-    def _store(self, image: str, response: Response) -> AuthIndex:
+    def _store(self, image: str, scope: object, response: Response) -> AuthIndex:
         duration = self.spec.default_cache_duration if response.cache_duration is None else response.cache_duration
         if duration > 0:
             now = time.monotonic()
             with self._guard:
                 for key in [k for k, (expires, _) in self._cache.items() if expires <= now]:
                     del self._cache[key]
-                self._cache[self._keys(image)[response.cache_key_type]] = (now + duration, response.auth)
+                self._cache[self._keys(image, scope)[response.cache_key_type]] = (now + duration, response.auth)
         return response.auth

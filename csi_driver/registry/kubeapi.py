@@ -99,6 +99,9 @@ class Pod:
     name: str = ""
     uid: str = ""
     service_account: str = ""
+    # audience → the service-account token the kubelet requested for the pod (CSIDriver
+    # spec.tokenRequests), for credential providers with tokenAttributes; never shown.
+    tokens: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}" if self.name else "(unknown pod)"
