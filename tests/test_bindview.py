@@ -20,7 +20,7 @@ import zstandard
 
 from csi_driver import errors
 from csi_driver.layout.rules import TITLE, Layer, Limits, build_tree, compression, depth_first, tar_path
-from csi_driver.layout.tree import blob_relpath, Entry, Kind
+from csi_driver.layout.tree import LAYOUT_VERSION, blob_relpath, Entry, Kind
 from csi_driver.views import bind
 from csi_driver.views.bind import materialize, tree_dir
 
@@ -117,8 +117,10 @@ def assert_matches(state: Path, root: Path, entries: Sequence[Entry]) -> None:
                 assert (root / entry.path).read_bytes() == source.read(entry.size), entry.path
 
 
-def test_tree_dir_is_per_manifest_digest(tmp_path: Path) -> None:
-    assert tree_dir(tmp_path, DIGEST) == tmp_path / "trees" / "sha256" / ("5" * 64)
+def test_tree_dir_is_per_manifest_digest_and_layout_version(tmp_path: Path) -> None:
+    """Version 1 extractions stay where releases before layout versions made them."""
+    assert tree_dir(tmp_path, DIGEST, 1) == tmp_path / "trees" / "sha256" / ("5" * 64)
+    assert tree_dir(tmp_path, DIGEST) == tmp_path / "trees" / f"v{LAYOUT_VERSION}" / "sha256" / ("5" * 64)
 
 
 def test_materialized_tree_matches_its_entries(tmp_path: Path) -> None:

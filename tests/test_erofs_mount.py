@@ -11,7 +11,9 @@ validator.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import io
+import math
 import os
 import stat
 import tarfile
@@ -71,7 +73,7 @@ def assert_same_tree(state: Path, entries: Sequence[Entry], root: Path) -> None:
         assert stat.S_IFMT(st.st_mode) == _TYPES[entry.kind], where
         assert stat.S_IMODE(st.st_mode) == entry.mode, where
         assert (st.st_uid, st.st_gid) == (entry.uid, entry.gid), where
-        assert st.st_mtime_ns == entry.mtime * 10**9, where
+        assert st.st_mtime_ns == entry.mtime * 10**9 + entry.mtime_nsec, where
         if entry.kind is Kind.DIR:
             listed = {item.name: _dirent_kind(item) for item in os.scandir(path)}  # d_type, not stat
             prefix = f"{entry.path}/" if entry.path else ""
@@ -89,6 +91,13 @@ def assert_same_tree(state: Path, entries: Sequence[Entry], root: Path) -> None:
             assert path.read_bytes() == expected, where
 
 
+def tar_mtime_ns(member: tarfile.TarInfo) -> int:
+    """A member's mtime in nanoseconds from its header or PAX record, read with ``Decimal`` (not
+    by the layout's parser), rounded toward minus infinity."""
+    record = member.pax_headers.get("mtime")
+    return int(member.mtime) * 10**9 if record is None else math.floor(decimal.Decimal(record) * 10**9)
+
+
 def assert_matches_tar(tar: bytes, root: Path) -> None:
     """The mount against the tar itself, read by tarfile (no layout code involved)."""
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
@@ -101,7 +110,7 @@ def assert_matches_tar(tar: bytes, root: Path) -> None:
                 continue
             assert stat.S_IMODE(st.st_mode) == member.mode & 0o1777, member.name
             assert (st.st_uid, st.st_gid) == (member.uid, member.gid), member.name
-            assert st.st_mtime_ns == int(member.mtime) * 10**9, member.name
+            assert st.st_mtime_ns == tar_mtime_ns(member), member.name
             if member.isreg():
                 extracted = archive.extractfile(member)
                 assert extracted is not None
@@ -115,8 +124,8 @@ def assert_matches_tar(tar: bytes, root: Path) -> None:
 
 def rich_members() -> list:
     payload = bytes(range(256)) * 41 + b"tail"
-    nanos = file("nanos", b"n")
-    nanos[0].mtime = 1700000000.123456789  # a pax header with sub-second time
+    nanos = file("nanos", b"n", pax_headers={"mtime": "1700000000.123456789"})  # as Go's archive/tar writes it
+    before_1970 = file("before-1970", b"b", pax_headers={"mtime": "-86400.25"})
     return [
         directory("d", 0o755, uid=70000, gid=70000, mtime=1600000000),
         file("d/payload", payload, 0o640, uid=0, gid=70000, mtime=1500000000),
@@ -134,6 +143,7 @@ def rich_members() -> list:
         hardlink("hard-root", "d/payload"),
         hardlink("empty-link", "d/empty"),
         nanos,
+        before_1970,
         file("z-last", b"z" * 700),
     ]
 
@@ -149,11 +159,13 @@ def test_mounted_tree_matches_the_tar_bytes_modes_owners_mtimes_links(tmp_path: 
         assert os.stat(root / "empty-link").st_ino == os.stat(root / "d" / "empty").st_ino
 
 
-def test_nanosecond_mtimes_show_as_the_whole_seconds_the_tree_records(tmp_path: Path) -> None:
+def test_pax_mtimes_show_to_the_nanosecond_before_1970_too(tmp_path: Path) -> None:
     layer = put_tar(tmp_path, rich_members(), OCI_TAR)
     entries = build_tree(tmp_path, [layer], Limits())
     with mounted(tmp_path, entries) as root:
-        assert os.lstat(root / "nanos").st_mtime_ns == 1700000000 * 10**9
+        assert os.lstat(root / "nanos").st_mtime_ns == 1700000000_123456789
+        assert os.lstat(root / "before-1970").st_mtime_ns == -86400_250000000
+        assert os.lstat(root / "d" / "payload").st_mtime_ns == 1500000000 * 10**9  # a plain ustar header
 
 
 def test_layers_are_devices_and_later_layers_win(tmp_path: Path) -> None:

@@ -265,7 +265,7 @@ def test_tree_root_unpacks_one_entry_the_root_alone_in_the_first_part(tmp_path: 
     parts = db.execute("SELECT part, entries FROM listings WHERE tree = ? ORDER BY part", (digest,)).fetchall()
     assert [len(marshal.loads(packed)) for _, packed in parts] == [1, 5]
     db.execute("INSERT INTO listings VALUES (?, 0, ?)", (older, marshal.dumps([tuple(entry) for entry in entries])))
-    db.execute("INSERT INTO trees VALUES (?, 0, 0, 6, 10, 0)", (older,))
+    db.execute("INSERT INTO trees (digest, committed_at, last_used, entries, bytes, private) VALUES (?, 0, 0, 6, 10, 0)", (older,))
     assert store.tree_root(digest) == store.tree_root(older) == (entries[0], 6)
     assert store.load_tree(digest) == store.load_tree(older) == entries
 
@@ -277,7 +277,7 @@ def test_trees_committed_by_earlier_versions_as_entry_rows_still_load_and_remove
     rows = [("", "dir", 0o755, 0, 0, 0, 0, "", "", 0), ("f", "file", 0o644, 1, 2, 3, 5, "", "layers/sha256/x.tar", 512)]
     db = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(digest, *row) for row in rows])
-    db.execute("INSERT INTO trees VALUES (?, 0, 0, 2, 5, 0)", (digest,))
+    db.execute("INSERT INTO trees (digest, committed_at, last_used, entries, bytes, private) VALUES (?, 0, 0, 2, 5, 0)", (digest,))
     assert store.load_tree(digest) == [Entry("", Kind.DIR, 0o755), Entry("f", Kind.FILE, 0o644, 1, 2, 3, 5, "", "layers/sha256/x.tar", 512)]
     assert store.tree_root(digest) == (Entry("", Kind.DIR, 0o755), 2)
     store.remove_tree(digest)

@@ -10,6 +10,11 @@ last resolution of the reference when its tree is complete (a digest reference
 needs no network once its content is here); ``Always`` asks the registry which
 digest the tag names now, and still reuses every blob already stored.
 
+A tree the node recorded under older layout rules (``LAYOUT_VERSION``) is not complete: it is
+built again from the manifest and layers the node stores, without the registry (so ``Never``
+still works), and committed again under its digest; only what is missing is fetched, and only
+where the policy allows it.
+
 A tree pulled with credentials is private: whenever it is handed out without
 this call having asked the registry for the tag with the pod's credentials, the
 pod's access is verified first (``authorize.py``), whatever the pull policy.
@@ -80,6 +85,8 @@ def _pull(
     client = RegistryClient(cfg.registry, credentials)
     if policy != "Always":
         local = _node_tree(store, ref, key, platform)
+        if local and not store.committed(local):  # built by older rules
+            local = _rebuild(store, ref, local, cfg, platform)
         if local:
             _authorize(store, access, client, credentials, ref, local)
             return local, "node"
@@ -125,9 +132,10 @@ def _authorize(
 
 
 def _node_tree(store: Store, ref: Reference, key: str, platform: str) -> str | None:
-    """The committed tree this node last resolved ``ref`` to, found without the network."""
+    """The tree this node last resolved ``ref`` to, found without the network: committed, or
+    recorded under older layout rules (``_rebuild``)."""
     known = store.resolution(key, platform)
-    if known and store.committed(known):
+    if known and store.layout(known) is not None:
         return known
     local = _local_tree(store, ref, platform) if ref.digest else None
     if local:
@@ -140,30 +148,51 @@ def _where(ref: Reference, digest: str) -> str:
 
 
 def _local_tree(store: Store, ref: Reference, platform: str) -> str | None:
-    """The committed tree a digest reference names, found without the network."""
+    """The tree (of any layout version) a digest reference names, found without the network."""
     assert ref.digest
-    if store.committed(ref.digest):
+    if store.layout(ref.digest) is not None:
         return ref.digest
     if not store.has_blob(ref.digest):
         return None
     doc = manifest.parse(store.read_blob(ref.digest), "", _where(ref, ref.digest))
     if isinstance(doc, manifest.Index):
         chosen = manifest.select_platform(doc, platform, _where(ref, ref.digest)).digest
-        return chosen if store.committed(chosen) else None
+        return chosen if store.layout(chosen) is not None else None
     return None
 
 
-def _manifest_bytes(store: Store, client: RegistryClient, ref: Reference, digest: str) -> tuple[bytes, str]:
+class _NotStored(Exception):
+    """``_rebuild`` needs a blob the node does not store."""
+
+
+def _rebuild(store: Store, ref: Reference, digest: str, cfg: PullConfig, platform: str) -> str | None:
+    """Commit again, under the current layout rules, a tree recorded under older ones, from the
+    manifest and layers the node stores, without the registry; None when one of them is gone (the
+    cache removed it, or older rules never needed it), so that the caller pulls or refuses.
+
+    A layer that older rules placed as a file (a ToolHive plugin's ``plugin.tar.gz``) is stored
+    as its blob only: it is inflated from there (``_ensure_layer``), not fetched again. The tree
+    keeps its privacy: access to a private one is checked as for any tree already on the node.
+    """
+    try:
+        return _ensure_tree(store, None, ref, digest, cfg, platform, private=store.private(digest))
+    except _NotStored:
+        return None
+
+
+def _manifest_bytes(store: Store, client: RegistryClient | None, ref: Reference, digest: str) -> tuple[bytes, str]:
     with store.single_flight(digest):
         if store.has_blob(digest):
             return store.read_blob(digest), ""
+        if client is None:
+            raise _NotStored(digest)
         fetched = client.fetch_manifest(ref, digest)
         store.put_bytes(digest, fetched.data)
         return fetched.data, fetched.media_type
 
 
 def _image_manifest(
-    store: Store, client: RegistryClient, ref: Reference, top: str, platform: str
+    store: Store, client: RegistryClient | None, ref: Reference, top: str, platform: str
 ) -> tuple[str, manifest.ImageManifest]:
     data, media_type = _manifest_bytes(store, client, ref, top)
     doc = manifest.parse(data, media_type, _where(ref, top))
@@ -178,8 +207,11 @@ def _image_manifest(
 
 
 def _ensure_tree(
-    store: Store, client: RegistryClient, ref: Reference, top: str, cfg: PullConfig, platform: str, private: bool
+    store: Store, client: RegistryClient | None, ref: Reference, top: str, cfg: PullConfig, platform: str, private: bool
 ) -> str:
+    """Commit the tree of ``top`` (a manifest, or an index naming one for ``platform``) unless it is
+    committed; return the manifest's digest. With no ``client`` only stored blobs are used
+    (``_NotStored`` when one is missing)."""
     digest, image = _image_manifest(store, client, ref, top, platform)
     with store.single_flight(digest):
         if store.committed(digest):
@@ -214,7 +246,7 @@ def _ensure_tree(
 
 def _ensure_layers(
     store: Store,
-    client: RegistryClient,
+    client: RegistryClient | None,
     ref: Reference,
     layers: list[rules.Layer],
     limits: rules.Limits,
@@ -248,15 +280,30 @@ def _ensure_layers(
 
 
 def _ensure_layer(
-    store: Store, client: RegistryClient, ref: Reference, layer: rules.Layer, limits: rules.Limits, tracked: progress.Pull
+    store: Store,
+    client: RegistryClient | None,
+    ref: Reference,
+    layer: rules.Layer,
+    limits: rules.Limits,
+    tracked: progress.Pull,
 ) -> None:
+    """Store the layer and, when a rule may read it as a compressed tar, its inflated tar.
+
+    A blob stored without the inflated tar (placed as a file by older rules, or by another
+    artifact that titles the same blob) is inflated from the store, not fetched again.
+    """
     compression = rules.compression(layer.media_type) if rules.may_unpack(layer) else None
     with store.single_flight(layer.digest):
-        if store.has_blob(layer.digest) and (not compression or store.has_blob(layer.digest, decoded=True)):
+        stored = store.has_blob(layer.digest)
+        if stored and (not compression or store.has_blob(layer.digest, decoded=True)):
             metrics.BLOBS.labels("cache").inc()
             tracked.skip(layer.size)
             return
-        with client.open_blob(ref, layer.digest) as chunks:
+        if not stored and client is None:
+            raise _NotStored(layer.digest)
+        source = "cache" if stored else "registry"
+        opened = store.open_blob(layer.digest) if stored else client.open_blob(ref, layer.digest)  # type: ignore[union-attr]
+        with opened as chunks:
             store.put_blob(
                 layer.digest,
                 tracked.counted(chunks),
@@ -265,5 +312,6 @@ def _ensure_layer(
                 max_decoded_bytes=limits.max_unpacked_bytes,
                 what=f"layer {layer.digest} ({layer.media_type}) of {ref}",
             )
-        metrics.BLOBS.labels("registry").inc()
-        metrics.FETCHED_BYTES.inc(layer.size)
+        metrics.BLOBS.labels(source).inc()
+        if not stored:
+            metrics.FETCHED_BYTES.inc(layer.size)

@@ -29,7 +29,12 @@ Why this shape:
   path; parts keep the memory of packing and unpacking a 50,000-entry tree small, and the
   root's own row lets the FUSE view answer a publish's lookup without unpacking thousands
   (bench/RESULTS.md). The data is the driver's own, never a registry's. Trees committed by
-  earlier versions, as rows of ``entries``, still load.
+  earlier versions, as rows of ``entries`` or as entries without ``mtime_nsec``, still load.
+- Each tree records the ``LAYOUT_VERSION`` it was built under (``trees.layout``; rows of a
+  ``store.db`` from before it read as version 1). Only a tree of the current version is
+  ``committed``: one built by older rules is rebuilt from the stored layers for the next publish
+  and committed again under the same digest, while every view keeps showing the old tree to
+  the volumes already bound to it (``load_tree`` and ``tree_root`` answer for any version).
 - ``single_flight`` gives one lock per digest, so twenty volumes asking for one new
   artifact at once cause one download.
 """
@@ -57,7 +62,7 @@ from typing import BinaryIO
 from csi_driver import errors
 from csi_driver.content.inflate import ERRORS as INFLATE_ERRORS, Decoder
 from csi_driver.database import open_database
-from csi_driver.layout.tree import KINDS, ROOT, Entry, Kind, blob_relpath, decoded_relpath
+from csi_driver.layout.tree import KINDS, LAYOUT_VERSION, ROOT, Entry, Kind, blob_relpath, decoded_relpath
 from csi_driver.reference import digest_hex
 
 SCHEMA = """
@@ -73,7 +78,8 @@ CREATE TABLE IF NOT EXISTS trees (
     last_used REAL NOT NULL,
     entries INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    private INTEGER NOT NULL
+    private INTEGER NOT NULL,
+    layout INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS listings (
     tree TEXT NOT NULL,
@@ -138,9 +144,12 @@ _LEGACY_ROWS = "SELECT path, kind, mode, uid, gid, mtime, size, link, source, of
 """A tree's rows as versions before ``listings`` stored them (one per entry)."""
 
 
-def _as_entries(rows: Iterable[tuple]) -> Iterator[Entry]:
-    """Entries from stored rows (path, kind value, mode, uid, gid, mtime, size, link, source, offset)."""
-    return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
+def _as_entries(rows: Sequence[tuple]) -> Iterator[Entry]:
+    """Entries from stored rows (path, kind value, mode, uid, gid, mtime, size, link, source, offset,
+    mtime_nsec); rows stored before ``mtime_nsec`` (one part's rows all have the same length) lack it."""
+    if rows and len(rows[0]) == 10:
+        return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off) for p, k, m, u, g, t, s, ln, src, off in rows)
+    return (Entry(p, KINDS[k], m, u, g, t, s, ln, src, off, ns) for p, k, m, u, g, t, s, ln, src, off, ns in rows)
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -301,7 +310,10 @@ class Store:
         self._local = threading.local()
         self._flights: dict[str, tuple[threading.Lock, int]] = {}
         self._flights_guard = threading.Lock()
-        self._conn().executescript(SCHEMA)
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+        if "layout" not in {row[1] for row in conn.execute("PRAGMA table_info(trees)")}:  # a store.db from before it
+            conn.execute("ALTER TABLE trees ADD COLUMN layout INTEGER NOT NULL DEFAULT 1")
 
     # -- database ---------------------------------------------------------------------
 
@@ -372,6 +384,13 @@ class Store:
 
     def read_blob(self, digest: str) -> bytes:
         return (self.root / blob_relpath(digest)).read_bytes()
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: str) -> Iterator[Iterator[bytes]]:
+        """A stored blob in chunks, as ``RegistryClient.open_blob`` streams one: ``put_blob`` takes
+        either, so that a layer stored without its inflated tar is inflated without a download."""
+        with open(self.root / blob_relpath(digest), "rb") as blob:
+            yield iter(lambda: blob.read(CHUNK), b"")
 
     def put_bytes(self, digest: str, data: bytes) -> None:
         """Store small already-fetched bytes (a manifest) after checking their digest."""
@@ -466,16 +485,31 @@ class Store:
     # -- trees ------------------------------------------------------------------------
 
     def committed(self, digest: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM trees WHERE digest = ?", (digest,)).fetchone()
-        return row is not None
+        """Whether the digest's tree is committed under the current layout rules: what a new publish may use."""
+        return self.layout(digest) == LAYOUT_VERSION
+
+    def layout(self, digest: str) -> int | None:
+        """The ``LAYOUT_VERSION`` the digest's tree was built under; None when no tree is recorded.
+
+        A tree of an older version is still served to the volumes bound to it, and rebuilt for new ones.
+        """
+        row = self._conn().execute("SELECT layout FROM trees WHERE digest = ?", (digest,)).fetchone()
+        return row[0] if row else None
 
     def commit_tree(
-        self, digest: str, entries: Sequence[Entry], private: bool = False, blobs: Sequence[str] = ()
+        self,
+        digest: str,
+        entries: Sequence[Entry],
+        private: bool = False,
+        blobs: Sequence[str] = (),
+        layout: int = LAYOUT_VERSION,
     ) -> None:
         """Record a complete tree; from now on views may serve it.
 
         ``private``: it was pulled with credentials, so other pods must prove access.
         ``blobs``: every blob the tree needs (index, manifest, layers), kept while it lives.
+        ``layout``: the rules it was built under; only tests record an older one, as an earlier
+        release did.
         """
         now = time.time()
         size = sum(e.size for e in entries if e.kind is Kind.FILE)
@@ -488,9 +522,9 @@ class Store:
             )
             db.executemany("INSERT OR IGNORE INTO tree_blobs VALUES (?, ?)", ((digest, b) for b in blobs))
             db.execute(
-                "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes, private) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (digest, now, now, len(entries), size, int(private)),
+                "INSERT OR REPLACE INTO trees (digest, committed_at, last_used, entries, bytes, private, layout) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (digest, now, now, len(entries), size, int(private), layout),
             )
 
     def usage(self, digest: str) -> tuple[int, int]:
@@ -511,7 +545,7 @@ class Store:
             for (packed,) in parts:
                 entries += _as_entries(marshal.loads(packed))
             return entries
-        rows = conn.execute(_LEGACY_ROWS + " ORDER BY path", (digest,))  # committed by an earlier version
+        rows = conn.execute(_LEGACY_ROWS + " ORDER BY path", (digest,)).fetchall()  # committed by an earlier version
         return list(_as_entries(rows))
 
     def tree_root(self, digest: str) -> tuple[Entry, int] | None:

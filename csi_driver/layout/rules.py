@@ -10,6 +10,7 @@ checked against an in-memory tree before any view ever touches a disk.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import struct
@@ -81,15 +82,17 @@ class _Member:
     ``kind`` stands for ``TarInfo``'s predicates (one comparison, not a method call a member).
     """
 
-    __slots__ = ("gid", "kind", "linkname", "mode", "mtime", "name", "offset_data", "size", "sparse", "uid")
+    __slots__ = ("gid", "kind", "linkname", "mode", "mtime", "mtime_nsec", "name", "offset_data", "size", "sparse",
+                 "uid")  # fmt: skip
 
     def __init__(self, name: str, mode: int, uid: int, gid: int, mtime: float, size: int, linkname: str,
-                 offset_data: int, kind: str, sparse: bool = False) -> None:  # fmt: skip
+                 offset_data: int, kind: str, sparse: bool = False, mtime_nsec: int = 0) -> None:  # fmt: skip
         self.name = name
         self.mode = mode
         self.uid = uid
         self.gid = gid
-        self.mtime = mtime
+        self.mtime = mtime  # whole seconds, or NaN for a PAX time that does not parse (``_pax_time``)
+        self.mtime_nsec = mtime_nsec
         self.size = size
         self.linkname = linkname
         self.offset_data = offset_data
@@ -98,9 +101,13 @@ class _Member:
 
     @classmethod
     def of(cls, info: tarfile.TarInfo) -> _Member:
+        """The member of a header ``tarfile`` read; its time from the PAX record itself, when there is one
+        (an extended or a global header), since ``tarfile`` reads it as a float, which cannot hold nanoseconds."""
         kind = _DIR if info.isdir() else _SYM if info.issym() else _LNK if info.islnk() else _REG if info.isreg() else ""
-        return cls(info.name, info.mode, info.uid, info.gid, info.mtime, info.size, info.linkname,
-                   info.offset_data, kind, info.issparse())  # fmt: skip
+        pax_time = info.pax_headers.get("mtime")
+        mtime, nsec = (info.mtime, 0) if pax_time is None else _pax_time(pax_time)
+        return cls(info.name, info.mode, info.uid, info.gid, mtime, info.size, info.linkname,
+                   info.offset_data, kind, info.issparse(), nsec)  # fmt: skip
 
 
 _DIR, _SYM, _LNK, _REG = "dir", "symlink", "hardlink", "file"
@@ -553,14 +560,51 @@ def _pax_member(fd: int, buf: bytes, offset: int, file_size: int, encoding: str,
             member.name = value.rstrip("/")
         elif keyword == "linkpath":
             member.linkname = value
-        elif keyword in ("size", "uid", "gid", "mtime"):
+        elif keyword == "mtime":
+            member.mtime, member.mtime_nsec = _pax_time(value)
+        elif keyword in ("size", "uid", "gid"):
             try:
-                setattr(member, keyword, float(value) if keyword == "mtime" else int(value))
+                setattr(member, keyword, int(value))
             except ValueError:
                 setattr(member, keyword, 0)
     if "size" in records:
         after = member.offset_data + _following(member.kind, member.size)
     return member, after
+
+
+_PAX_TIME = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]*))?")
+_NS = 1_000_000_000
+_NOT_A_TIME = (math.nan, 0)
+"""What ``_pax_time`` makes of a value Go's archive/tar refuses: ``_entry``'s range check refuses NaN."""
+
+
+def _pax_time(value: str) -> tuple[float, int]:
+    """A PAX ``mtime`` record as (whole seconds, nanoseconds), the seconds rounded toward minus
+    infinity and the nanoseconds 0 to 999,999,999, as the kernel's ``timespec`` holds it.
+
+    Read as Go's archive/tar reads it (``parsePAXTime``, src/archive/tar/strconv.go), which
+    containerd and Docker unpack layers with: decimal seconds with an optional sign, then an
+    optional ``.`` and digits, of which the first nine count (a shorter fraction is padded, the
+    rest is cut off); a negative time's fraction counts toward minus infinity, so ``-1.5`` is
+    ``(-2, 500000000)``. GNU tar (``decode_timespec``, src/xheader.c) reads the same, except that a
+    negative time's digits past the ninth round it toward minus infinity where Go cuts them off
+    (``-1.0000000001`` is -1.000000001 s to GNU tar, -1 s to Go); neither writes more than nine.
+    A value Go refuses (``1e3``, `` 7``, ``1_0``, ``nan``, ``.5``) or whose nanoseconds do not fit
+    a signed 64-bit count is ``_NOT_A_TIME``, and the artifact is refused.
+    """
+    match = _PAX_TIME.fullmatch(value)
+    if match is None:
+        return _NOT_A_TIME
+    sign, whole, fraction = match.groups()
+    try:
+        ns = int(whole) * _NS + int(((fraction or "") + "00000000")[:9] or "0")
+    except ValueError:  # more digits than int() reads: far outside any time
+        return _NOT_A_TIME
+    if sign == "-":
+        ns = -ns
+    if not -(2**63) <= ns < 2**63:
+        return _NOT_A_TIME
+    return divmod(ns, _NS)
 
 
 def _pax_records(buf: bytes, encoding: str, errors: str) -> dict[str, str] | None:
@@ -633,9 +677,9 @@ def _entry(
     if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID and -_MAX_MTIME <= mtime <= _MAX_MTIME):  # NaN fails too
         why = f"has owner uid {uid}, gid {gid} and mtime {mtime}: outside 0..{_MAX_ID} for owners or ±{_MAX_MTIME} s"
         raise _unsafe(layer, member.name, why)
-    mode, mtime, kind = member.mode & _KEPT_MODE, int(mtime), member.kind
+    mode, mtime, nsec, kind = member.mode & _KEPT_MODE, int(mtime), member.mtime_nsec, member.kind
     if kind is _DIR:
-        return Entry(path, Kind.DIR, mode, uid, gid, mtime)
+        return Entry(path, Kind.DIR, mode, uid, gid, mtime, 0, "", "", 0, nsec)
     if kind is _SYM:
         if not member.linkname or "\0" in member.linkname:
             raise _unsafe(layer, member.name, "is a symlink with an empty target or a NUL byte")
@@ -646,7 +690,7 @@ def _entry(
                 raise _unsafe(layer, member.name, "is a symlink whose target is not valid UTF-8") from None
             if length > _LINK_MAX:
                 raise _unsafe(layer, member.name, f"is a symlink whose target is longer than {_LINK_MAX} bytes")
-        return Entry(path, Kind.SYMLINK, mode, uid, gid, mtime, 0, member.linkname)
+        return Entry(path, Kind.SYMLINK, mode, uid, gid, mtime, 0, member.linkname, "", 0, nsec)
     if kind is _LNK:
         target = _normalise(member.linkname)
         node = tree.nodes.get(target) if target is not None else None
@@ -664,7 +708,7 @@ def _entry(
             raise errors.InvalidArgument(
                 f"layer {layer.digest}: entry {member.name!r} runs past the end of the archive"
             )
-        return Entry(path, Kind.FILE, mode, uid, gid, mtime, member.size, "", archive.source, member.offset_data)
+        return Entry(path, Kind.FILE, mode, uid, gid, mtime, member.size, "", archive.source, member.offset_data, nsec)
     return None
 
 

@@ -5,6 +5,11 @@ data path, so a crash, restart or upgrade of the driver touches no mount
 (docs/processes.md). The tree is built in a temp dir and renamed
 into place, so a crash never leaves a half tree that looks complete; it is flushed to the
 disk before the rename and its directory after, so a power loss does not either.
+
+A digest's tree is extracted once per layout version (``LAYOUT_VERSION``): a tree built by older
+rules is committed again under its digest, and the new tree goes to a directory of its own, so the
+volumes bound to the old extraction keep it, untouched, while new publishes bind the new one.
+An old extraction goes when the digest leaves the cache (``release``), as the current one does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from csi_driver import errors
 from csi_driver.content.store import Store, fsync_path, syncfs_path
 from csi_driver.layout.rules import depth_first
-from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.layout.tree import LAYOUT_VERSION, ROOT, Entry, Kind
 from csi_driver.reference import digest_hex
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -43,18 +48,22 @@ def _umask() -> int | None:
     return None
 
 
-def tree_dir(state_dir: Path, digest: str) -> Path:
-    """Where the materialised tree of a manifest digest lives."""
-    return state_dir / "trees" / "sha256" / digest_hex(digest)
+def tree_dir(state_dir: Path, digest: str, layout: int = LAYOUT_VERSION) -> Path:
+    """Where the materialised tree of a manifest digest, built under layout version ``layout``,
+    lives: ``trees/sha256/<hex>`` for version 1 (where releases before versions extracted it),
+    ``trees/v<layout>/sha256/<hex>`` for later ones."""
+    versioned = state_dir / "trees" if layout == 1 else state_dir / "trees" / f"v{layout}"
+    return versioned / "sha256" / digest_hex(digest)
 
 
-def materialize(state_dir: Path, digest: str, entries: Sequence[Entry]) -> Path:
-    """Write ``entries`` out as a directory tree once; return its path.
+def materialize(state_dir: Path, digest: str, entries: Sequence[Entry], layout: int = LAYOUT_VERSION) -> Path:
+    """Write ``entries`` (the tree of ``digest`` under layout version ``layout``) out as a
+    directory tree once; return its path.
 
     Idempotent: an existing tree is returned as it is, and when two calls race the
     loser drops its copy.
     """
-    final = tree_dir(state_dir, digest)
+    final = tree_dir(state_dir, digest, layout)
     if final.is_dir():
         return final
     try:
@@ -69,14 +78,13 @@ def materialize(state_dir: Path, digest: str, entries: Sequence[Entry]) -> Path:
     return final
 
 
-def remove(state_dir: Path, digest: str) -> None:
-    """Delete the extracted tree of ``digest``, if there is one, never leaving part of it under its name.
+def remove(state_dir: Path, final: Path) -> None:
+    """Delete an extracted tree (``tree_dir``), if it is there, never leaving part of it under its name.
 
     It leaves its name in one rename into ``tmp/`` (which the next start empties should this be
     cut short), flushed before anything in it is deleted, so that neither a kill nor a power
     loss halfway through leaves a part of the tree where a publish would take it for whole.
     """
-    final = tree_dir(state_dir, digest)
     if not final.is_dir():
         return
     gone = tempfile.mkdtemp(prefix=f"removed-{final.name}-", dir=state_dir / "tmp")
@@ -162,7 +170,8 @@ class _Builder:
         elif entry.kind is Kind.SYMLINK:
             os.symlink(entry.link, name, dir_fd=dir_fd)
             os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
-            os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
+            mtime = entry.mtime * 1_000_000_000 + entry.mtime_nsec
+            os.utime(name, ns=(mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
         else:
             # Created with its final mode where the umask leaves it whole (the fd may write
             # even so), and owned by us already in the common case: two syscalls of six fewer
@@ -190,7 +199,8 @@ class _Builder:
             mode_set = False  # chown may clear mode bits: chmod after it
         if not mode_set:
             os.fchmod(fd, entry.mode)
-        os.utime(fd, (entry.mtime, entry.mtime))
+        mtime = entry.mtime * 1_000_000_000 + entry.mtime_nsec
+        os.utime(fd, ns=(mtime, mtime))
 
     def _copy(self, entry: Entry, fd: int) -> None:
         """Copy the entry's bytes from the store, in the kernel where it can."""
@@ -223,20 +233,27 @@ class BindView:
         self.store = store
 
     def path_for(self, digest: str) -> str:
-        tree = tree_dir(self.store.root, digest)
+        """The extraction of the digest's current tree (of the layout version the store records)."""
+        tree = tree_dir(self.store.root, digest, self.store.layout(digest) or LAYOUT_VERSION)
         if tree.is_dir():
             return str(tree)
-        with self.store.single_flight(digest):
-            return str(materialize(self.store.root, digest, self.store.load_tree(digest)))
+        with self.store.single_flight(digest):  # a pull commits the digest's tree under this lock too
+            layout = self.store.layout(digest) or LAYOUT_VERSION
+            return str(materialize(self.store.root, digest, self.store.load_tree(digest), layout))
 
     def healthy(self) -> bool:
         return True
 
+    def _extractions(self, digest: str) -> list[Path]:
+        """The digest's extracted trees, of every layout version."""
+        return [tree for layout in range(1, LAYOUT_VERSION + 1) if (tree := tree_dir(self.store.root, digest, layout)).is_dir()]
+
     def held_bytes(self, digest: str) -> int:
-        """The unpacked size of the digest's extracted tree, when it has one: a copy the cache
-        budget counts on top of the store's blobs."""
-        return self.store.usage(digest)[0] if tree_dir(self.store.root, digest).is_dir() else 0
+        """The unpacked size of the digest's extracted trees: copies the cache budget counts on top
+        of the store's blobs (an old extraction counted at the size of the current tree)."""
+        return self.store.usage(digest)[0] * len(self._extractions(digest))
 
     def release(self, digest: str) -> None:
-        """Delete the digest's extracted tree (``remove``), before the store forgets the digest."""
-        remove(self.store.root, digest)
+        """Delete the digest's extracted trees (``remove``), before the store forgets the digest."""
+        for tree in self._extractions(digest):
+            remove(self.store.root, tree)

@@ -253,7 +253,7 @@ def build(entries: Sequence[Entry], devices: Sequence[Device], read: Reader) -> 
             if node.chunks:
                 pack_inode(image, at, node.layout, 0, S_IFREG | entry.mode, 0, node.size,
                            CHUNK_FORMAT_INDEXES | (node.chunk_bits - BLOCK_BITS),
-                           ino, entry.uid, entry.gid, entry.mtime, 0, node.nlink)  # fmt: skip
+                           ino, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec, node.nlink)  # fmt: skip
                 device, block, step = device_ids[entry.source], entry.offset >> BLOCK_BITS, 1 << (node.chunk_bits - BLOCK_BITS)
                 at += INODE.size
                 for _ in range(node.chunks - (1 if node.startblk != NULL_ADDR else 0)):
@@ -263,13 +263,13 @@ def build(entries: Sequence[Entry], devices: Sequence[Device], read: Reader) -> 
                     pack_index(image, at, 0, 0, node.startblk)  # the copied last chunk, in the image
             else:
                 pack_inode(image, at, node.layout, 0, S_IFREG | entry.mode, 0, 0, NULL_ADDR,
-                           ino, entry.uid, entry.gid, entry.mtime, 0, node.nlink)  # fmt: skip
+                           ino, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec, node.nlink)  # fmt: skip
             continue
         data = _directory_bytes(node, packed[id(node)]) if kind is Kind.DIR else node.data
         mode = (S_IFDIR if kind is Kind.DIR else S_IFLNK) | entry.mode
         startblk = node.startblk if node.startblk != NULL_ADDR else 0
         pack_inode(image, at, node.layout, 0, mode, 0, node.size, startblk,
-                   ino, entry.uid, entry.gid, entry.mtime, 0, node.nlink)  # fmt: skip
+                   ino, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec, node.nlink)  # fmt: skip
         full = node.size & ~(BLOCK - 1) if node.layout == _FORMAT_INLINE else node.size
         if node.layout == _FORMAT_INLINE:
             image[at + INODE.size : at + INODE.size + node.size - full] = data[full : node.size]

@@ -16,6 +16,15 @@ committed (its name is its digest), so entries, attributes and page-cache data c
 never go stale; the kernel may keep them for as long as it likes, and a warm pod
 touches this process only on ``open``.
 
+Why a tree's own entry at the root is not cached either: a tree built by older layout rules is
+committed again under its digest (``LAYOUT_VERSION``, ``pull``). The volumes bound to the old tree
+hold its root inode, whose nodes this process keeps, so they go on showing the old tree; a new
+publish's lookup of ``/<digest>`` must reach this process to get the new one, which gets a root
+inode of its own (``TreeFS._tree_root``). The inodes inside a tree are cached as before. What this
+cannot keep is a tree nobody has looked up since this process started: a view that replaces a dead
+one shows each digest's current tree, to the volumes it is re-bound onto too (they lost their open
+files with the dead view already).
+
 Why no negative entries at the root: ``serve`` binds ``view/<digest>`` right after
 committing the tree. A lookup that missed a moment earlier must not be cached by
 the kernel, or the fresh tree would stay invisible for the negative timeout; so an
@@ -155,8 +164,10 @@ def attributes(node: Node) -> pyfuse3.EntryAttributes:
     attr.st_size = len(os.fsencode(entry.link)) if entry.kind is Kind.SYMLINK else entry.size
     attr.st_blksize = BLOCK_SIZE
     attr.st_blocks = -(-attr.st_size // 512)
-    attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime * 1_000_000_000
-    attr.entry_timeout = attr.attr_timeout = TREE_TIMEOUT
+    attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime * 1_000_000_000 + entry.mtime_nsec
+    attr.attr_timeout = TREE_TIMEOUT
+    # A tree's root is looked up anew at each walk from the view's root (module docstring).
+    attr.entry_timeout = ROOT_TIMEOUT if node.parent == pyfuse3.ROOT_INODE else TREE_TIMEOUT
     return attr
 
 
@@ -279,7 +290,7 @@ class TreeFS(pyfuse3.Operations):
         self.store_thread = StoreThread(store)
         self.sources = SourceFiles(store.root)
         self._nodes: dict[int, Node] = {}
-        self._trees: dict[str, int] = {}
+        self._trees: dict[str, tuple[int, int]] = {}  # digest -> (root inode, layout version) of its current tree
         self._next_ino = pyfuse3.ROOT_INODE + 1
         self._loading = trio.Lock()  # one tree indexed at a time
         # root inode -> (digest, first inode, inodes reserved) of the trees not indexed yet
@@ -293,7 +304,12 @@ class TreeFS(pyfuse3.Operations):
     # -- trees --------------------------------------------------------------------------
 
     async def _tree_root(self, digest: str) -> int | None:
-        """Inode of the tree's root directory; None if not committed.
+        """Inode of the root directory of the digest's current tree; None if not committed.
+
+        The store says which layout version the digest's tree has now: when it is not the one
+        this process gave a root inode for, the tree was committed again (rebuilt by newer rules),
+        and it gets a new root inode and is indexed anew; the old inodes stay for the volumes
+        bound to them.
 
         The first lookup is answered from the root entry alone and the tree is indexed in the
         background: a publish waits for that lookup only, not for the nodes of every entry
@@ -301,18 +317,23 @@ class TreeFS(pyfuse3.Operations):
         (``_indexed``). The root's inode and a range for the other entries are given out at
         once, so that trees indexed meanwhile take other numbers.
         """
-        if digest in self._trees:
-            return self._trees[digest]
+        layout = await self.store_thread.run(self.store.layout, digest)
+        if layout is None:
+            return None
+        known = self._trees.get(digest)
+        if known is not None and known[1] == layout:
+            return known[0]
         head = await self.store_thread.run(self.store.tree_root, digest)
         if head is None:
             return None
-        if digest in self._trees:  # looked up meanwhile
-            return self._trees[digest]
+        known = self._trees.get(digest)
+        if known is not None and known[1] == layout:  # looked up meanwhile
+            return known[0]
         root, count = head
         ino = self._next_ino
         self._next_ino += 1 + count
         self._nodes[ino] = Node(ino, root, pyfuse3.ROOT_INODE)
-        self._trees[digest] = ino
+        self._trees[digest] = (ino, layout)
         self._unindexed[ino] = (digest, ino + 1, count)
         if self.nursery is not None:
             self._indexing[ino] = trio.Event()
