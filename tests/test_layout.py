@@ -3,6 +3,7 @@ laid out in a temp dir the way the content store keeps them."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -571,3 +572,59 @@ def test_a_later_layers_error_waits_for_its_turn_so_the_first_broken_layer_is_na
     builder.fetched(1)  # read, refused, but not raised: layer 0 comes first
     with pytest.raises(errors.InvalidArgument, match=broken[0].digest):
         builder.fetched(0)
+
+
+# -- modification times ---------------------------------------------------------------------------
+
+
+def timed_members() -> list[Member]:
+    """Members whose PAX ``mtime`` records carry nanoseconds, as Go's archive/tar and GNU tar write
+    them, before 1970 too, and plain ustar headers of whole seconds: what ``TIMES`` expects of them."""
+    return [
+        file("go", b"g", pax_headers={"mtime": "1700000000.123456789"}),
+        file("before-1970", b"b", pax_headers={"mtime": "-1.5"}),
+        directory("dir", pax_headers={"mtime": "1600000000.000000001"}),
+        file("dir/short-fraction", b"s", pax_headers={"mtime": "1700000000.5"}),
+        file("dir/ten-digits", b"t", pax_headers={"mtime": "1700000000.9999999999"}),
+        file("negative-ten-digits", b"n", pax_headers={"mtime": "-1.0000000019"}),
+        file("whole", b"w", mtime=1500000000),
+        directory("whole-dir", mtime=1400000000),
+    ]
+
+
+TIMES = {
+    "go": (1700000000, 123456789),
+    "before-1970": (-2, 500000000),  # -1.5 s: whole seconds toward minus infinity, as the kernel's timespec
+    "dir": (1600000000, 1),
+    "dir/short-fraction": (1700000000, 500000000),
+    "dir/ten-digits": (1700000000, 999999999),  # digits past the ninth are cut off, as Go does
+    "negative-ten-digits": (-2, 999999999),  # -1.000000001 s: cut off toward zero, as Go does
+    "whole": (1500000000, 0),
+    "whole-dir": (1400000000, 0),
+}
+"""(mtime, mtime_nsec) of each of ``timed_members``."""
+
+
+@pytest.mark.parametrize("parser", ["fast", "tarfile"])
+def test_pax_mtimes_keep_their_nanoseconds_as_gos_archive_tar_reads_them(tmp_path: Path, parser: str) -> None:
+    import fuzzing
+
+    with fuzzing.plain_tarfile_only() if parser == "tarfile" else contextlib.nullcontext():
+        entries = tree(tmp_path, put_tar(tmp_path, timed_members(), OCI_TAR, image=True))
+    assert {path: (e.mtime, e.mtime_nsec) for path, e in entries.items() if path} == TIMES
+
+
+def test_a_global_pax_mtime_keeps_its_nanoseconds(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"mtime": "1700000000.25"}) as tar:
+        info, data = file("f", b"x")
+        tar.addfile(info, io.BytesIO(data))
+    layer = put_blob(tmp_path, buf.getvalue(), OCI_TAR, image=True)
+    entry = tree(tmp_path, layer)["f"]
+    assert (entry.mtime, entry.mtime_nsec) == (1700000000, 250000000)
+
+
+@pytest.mark.parametrize("value", ["1e3", " 7", "1_0", "nan", ".5", "5.x", "9223372037"])
+def test_a_pax_mtime_gos_archive_tar_refuses_is_refused(tmp_path: Path, value: str) -> None:
+    layer = put_tar(tmp_path, [file("f", b"x", pax_headers={"mtime": value})], OCI_TAR)
+    assert "mtime" in refused(tmp_path, layer)

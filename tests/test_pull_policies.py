@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import grpc
 import pytest
 
+import fixtures_tools as ft
 from artifacts import PERSONALITY_TREE, PLUGIN_TREE, push_klaus
+from csi_driver.content.store import Store
+from csi_driver.layout.tree import LAYOUT_VERSION, ROOT, Entry, Kind, blob_relpath, decoded_relpath
+from csi_driver.views import bind
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 from registry_server import access_log, blob_fetches, run_registry
@@ -98,3 +104,35 @@ def test_never_refuses_what_the_node_does_not_have(driver: Driver, registry: str
         publish(driver, kubelet_root, "pod-1", {"reference": pushed.reference, "pullPolicy": "Never"})
     assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert blob_fetches(registry, "policies/never") == {}
+
+
+@pytest.mark.parametrize("mode", ["bind", "fuse"])
+def test_a_tree_committed_by_older_layout_rules_is_rebuilt_from_stored_layers_for_if_not_present_and_never(
+    tmp_path: Path, kubelet_root: Path, mode: str
+) -> None:
+    """A node upgraded from a release that placed a ToolHive plugin's titled layer as the file
+    ``plugin.tar.gz`` (and so never inflated it) shows the plugin directory at the next publish,
+    with the registry gone: the tree is rebuilt from the stored blobs. The old release's
+    extraction, which a running volume may still show, is left as it is."""
+    with run_registry(tmp_path / "registry") as own:
+        plugin = ft.build_toolhive(own)
+        with run_driver(tmp_path / "driver", own, "bind") as driver:
+            driver.unpublish(unpublish_request(publish_request(publish(driver, kubelet_root, "pod-0", {"reference": plugin.reference}), {})))
+    state = tmp_path / "driver" / "state"
+    store = Store(state)
+    [digest] = store.committed_digests()
+    [layer] = {entry.source for entry in store.load_tree(digest) if entry.kind is Kind.FILE}
+    layer_digest = "sha256:" + Path(layer).name.removesuffix(".tar")
+    old_entries = [ROOT, Entry("plugin.tar.gz", Kind.FILE, 0o644, size=(state / blob_relpath(layer_digest)).stat().st_size,
+                               source=blob_relpath(layer_digest))]  # fmt: skip
+    store.commit_tree(digest, old_entries, layout=1)
+    (state / decoded_relpath(layer_digest)).unlink()
+    shutil.rmtree(state / "trees")
+    old_extraction = bind.materialize(state, digest, old_entries, layout=1)
+    with run_driver(tmp_path / "driver", own, mode) as driver:  # the registry is gone
+        for pod, policy in (("pod-1", "IfNotPresent"), ("pod-2", "Never")):
+            target = publish(driver, kubelet_root, pod, {"reference": plugin.reference, "pullPolicy": policy})
+            assert walk(target) == plugin.expected, policy
+            driver.unpublish(unpublish_request(publish_request(target, {})))
+    assert Store(state).layout(digest) == LAYOUT_VERSION
+    assert os.listdir(old_extraction) == ["plugin.tar.gz"]

@@ -21,7 +21,7 @@ from csi_driver import errors
 from csi_driver.content import store as store_module
 from csi_driver.content.inflate import PIECE, Decoder
 from csi_driver.content.store import Store
-from csi_driver.layout.tree import blob_relpath, decoded_relpath, ROOT, Entry, Kind
+from csi_driver.layout.tree import LAYOUT_VERSION, blob_relpath, decoded_relpath, ROOT, Entry, Kind
 
 
 def digest_of(data: bytes) -> str:
@@ -312,3 +312,39 @@ def test_single_flight_serialises_one_digest_not_others(tmp_path: Path) -> None:
         t.join()
     assert overlap.is_set()
     assert store._flights == {}
+
+
+OLD_TREES = """CREATE TABLE trees (digest TEXT PRIMARY KEY, committed_at REAL NOT NULL, last_used REAL NOT NULL,
+    entries INTEGER NOT NULL, bytes INTEGER NOT NULL, private INTEGER NOT NULL)"""
+"""The ``trees`` table as releases before layout versions created it."""
+
+
+def test_a_store_db_from_before_layout_versions_opens_and_its_trees_are_version_1(tmp_path: Path) -> None:
+    """A node upgraded in place keeps its state dir: its trees still load, for the volumes that show
+    them, but are not committed for a new publish, which rebuilds them."""
+    digest = digest_of(b"old manifest")
+    old = [("", "dir", 0o755, 0, 0, 7, 0, "", "", 0), ("plugin.tar.gz", "file", 0o644, 0, 0, 9, 5, "", "blobs/sha256/x", 0)]
+    db = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    db.execute(OLD_TREES)
+    db.execute("CREATE TABLE listings (tree TEXT NOT NULL, part INTEGER NOT NULL, entries BLOB NOT NULL, PRIMARY KEY (tree, part))")
+    db.execute("INSERT INTO trees VALUES (?, 0, 0, 2, 5, 0)", (digest,))
+    db.execute("INSERT INTO listings VALUES (?, 0, ?)", (digest, marshal.dumps(old)))
+    db.close()
+    store = Store(tmp_path)
+    assert store.layout(digest) == 1 and not store.committed(digest)
+    assert store.load_tree(digest) == [Entry(*row) for row in old]  # no mtime_nsec stored: 0
+    assert store.committed_digests() == [digest]
+    rebuilt = [Entry("", Kind.DIR, 0o755, mtime=7, mtime_nsec=5), Entry("plugin", Kind.DIR, 0o755)]
+    store.commit_tree(digest, rebuilt)
+    assert store.layout(digest) == LAYOUT_VERSION and store.committed(digest)
+    assert store.load_tree(digest) == rebuilt
+    assert Store(tmp_path).committed(digest)  # opened again: nothing to migrate
+
+
+def test_a_tree_committed_under_an_older_layout_version_is_recorded_but_not_committed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    digest = digest_of(b"manifest")
+    store.commit_tree(digest, [ROOT], layout=LAYOUT_VERSION - 1)
+    assert store.layout(digest) == LAYOUT_VERSION - 1 and not store.committed(digest)
+    assert store.tree_root(digest) == (ROOT, 1)
+    assert store.layout(digest_of(b"never committed")) is None
