@@ -260,3 +260,11 @@ def test_nothing_is_written_through_a_symlink_even_if_layout_let_one_by(tmp_path
         materialize(state, DIGEST, entries)
     assert os.listdir(outside) == []
     assert os.listdir(state / "tmp") == []
+
+
+def test_pax_mtimes_are_set_to_the_nanosecond(tmp_path: Path) -> None:
+    from test_layout import OCI_TAR, TIMES, put_tar, timed_members
+
+    root = materialize(tmp_path, DIGEST, build_tree(tmp_path, [put_tar(tmp_path, timed_members(), OCI_TAR, image=True)], Limits()))
+    shown = {path: os.lstat(root / path).st_mtime_ns for path in TIMES}
+    assert shown == {path: sec * 10**9 + nsec for path, (sec, nsec) in TIMES.items()}

@@ -31,7 +31,8 @@ import pyfuse3
 import trio
 
 from csi_driver.content.store import Store
-from csi_driver.layout.tree import Entry, Kind
+from csi_driver.layout import rules
+from csi_driver.layout.tree import LAYOUT_VERSION, Entry, Kind
 from csi_driver.mounts import kernel
 from csi_driver.views import fusefs
 from csi_driver.views.fusefs import FS_TYPE, build_tree
@@ -617,3 +618,32 @@ def test_a_tree_whose_indexing_failed_is_indexed_again_at_the_next_lookup(
 
     assert trio.run(main) > 0
     fs.store_thread.close()
+
+
+def test_pax_mtimes_show_to_the_nanosecond(server: Server, state: Path, store: Store) -> None:
+    from test_layout import OCI_TAR, TIMES, put_tar, timed_members
+
+    entries = rules.build_tree(state, [put_tar(state, timed_members(), OCI_TAR, image=True)], rules.Limits())
+    digest = digest_of(b"timed tree")
+    store.commit_tree(digest, entries)
+    shown = {path: os.lstat(server.view / digest / path).st_mtime_ns for path in TIMES}
+    assert shown == {path: sec * 10**9 + nsec for path, (sec, nsec) in TIMES.items()}
+
+
+def test_a_tree_committed_again_by_newer_rules_is_new_to_lookups_and_old_to_its_volumes(
+    server: Server, state: Path, store: Store
+) -> None:
+    """A volume holds the tree root it was bound to (here an open directory stands for it): it
+    keeps the old tree, while a publish's lookup of the same digest gets the rebuilt tree."""
+    old = build_small_tree(state, b"old rules\n")
+    store.commit_tree(old.digest, old.entries, layout=LAYOUT_VERSION - 1)
+    volume = os.open(server.view / old.digest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.listdir(volume) == ["hello.txt"]
+        store.commit_tree(old.digest, [directory(""), directory("plugin")])
+        assert os.listdir(server.view / old.digest) == ["plugin"]
+        assert os.listdir(volume) == ["hello.txt"]
+        with open(os.open("hello.txt", os.O_RDONLY, dir_fd=volume), "rb") as kept:
+            assert kept.read() == b"old rules\n"
+    finally:
+        os.close(volume)
