@@ -1,7 +1,9 @@
 """The ``--mode erofs`` data plane: one kernel EROFS mount per manifest digest.
 
-The digest's metadata image (``erofsimage``) is written once to ``images/sha256/<hex>.erofs``
-and mounted read-only at ``erofs/sha256/<hex>``, the layer tars the store already holds as its
+The digest's metadata image (``erofsimage``) is written once to ``images/v<N>/sha256/<hex>.erofs``
+and mounted read-only at ``erofs/v<N>/sha256/<hex>`` (N: the tree's layout version, so a tree
+rebuilt by newer placement rules gets an image and a mount of its own, while the volumes bound
+to the old one keep it), the layer tars the store already holds as its
 extra devices (``erofsmount``); a volume is a read-only bind mount of that. The kernel serves
 every read straight from the stored tars: no process sits in the data path and no file byte is
 copied, so a crash, restart or upgrade of the driver touches no mount (docs/processes.md).
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from csi_driver import errors
 from csi_driver.content.store import Store
+from csi_driver.layout.tree import LAYOUT_VERSION
 from csi_driver.mounts import kernel
 from csi_driver.reference import digest_hex
 from csi_driver.views import erofsimage, erofsmount
@@ -29,14 +32,14 @@ DIRECT_IO = True
 log = logging.getLogger("oci-volume-csi")
 
 
-def image_path(state_dir: Path, digest: str) -> Path:
-    """Where the metadata image of a manifest digest lives."""
-    return state_dir / "images" / "sha256" / f"{digest_hex(digest)}.erofs"
+def image_path(state_dir: Path, digest: str, layout: int = LAYOUT_VERSION) -> Path:
+    """Where the metadata image of a manifest digest's tree of layout version ``layout`` lives."""
+    return state_dir / "images" / f"v{layout}" / "sha256" / f"{digest_hex(digest)}.erofs"
 
 
-def mount_dir(state_dir: Path, digest: str) -> Path:
-    """Where the image of a manifest digest is mounted; volumes are binds of this directory."""
-    return state_dir / "erofs" / "sha256" / digest_hex(digest)
+def mount_dir(state_dir: Path, digest: str, layout: int = LAYOUT_VERSION) -> Path:
+    """Where that image is mounted; volumes are binds of this directory."""
+    return state_dir / "erofs" / f"v{layout}" / "sha256" / digest_hex(digest)
 
 
 def _ours(info: kernel.MountInfo | None, image: Path) -> bool:
@@ -59,26 +62,27 @@ class ErofsView:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def mounted(self, digest: str) -> bool:
+    def mounted(self, digest: str, layout: int = LAYOUT_VERSION) -> bool:
         root = self.store.root
-        return _ours(kernel.find_mount(os.fspath(mount_dir(root, digest))), image_path(root, digest))
+        return _ours(kernel.find_mount(os.fspath(mount_dir(root, digest, layout))), image_path(root, digest, layout))
 
     def path_for(self, digest: str) -> str:
-        target = mount_dir(self.store.root, digest)
-        if not self.mounted(digest):
+        layout = self.store.layout(digest)
+        if layout is None:
+            raise errors.NotFound(f"{digest} is not in the content store; publish it again to pull it")
+        target = mount_dir(self.store.root, digest, layout)
+        if not self.mounted(digest, layout):
             with self.store.single_flight(digest):
-                if not self.mounted(digest):
-                    self._mount(digest, target)
+                if not self.mounted(digest, layout):
+                    self._mount(digest, layout, target)
         return os.fspath(target)
 
-    def _mount(self, digest: str, target: Path) -> None:
-        """Write the digest's image unless it exists (written whole or not at all), and mount it."""
+    def _mount(self, digest: str, layout: int, target: Path) -> None:
+        """Write the image of the digest's tree unless it exists (written whole or not at all), and mount it."""
         root = self.store.root
-        if not self.store.committed(digest):
-            raise errors.NotFound(f"{digest} is not in the content store; publish it again to pull it")
         entries = self.store.load_tree(digest)
         sources = erofsimage.sources(entries)
-        image = image_path(root, digest)
+        image = image_path(root, digest, layout)
         try:
             if not image.is_file():
                 image.parent.mkdir(parents=True, exist_ok=True)
@@ -103,19 +107,21 @@ class ErofsView:
     def held_bytes(self, digest: str) -> int:
         """The size of the digest's image, when it has one: what the cache budget counts on top
         of the store's tars (the mount itself holds no bytes of its own)."""
-        try:
-            return image_path(self.store.root, digest).stat().st_size
-        except FileNotFoundError:
-            return 0
+        return sum(image.stat().st_size for image in self._images(digest))
+
+    def _images(self, digest: str) -> list[Path]:
+        """The digest's images, of every layout version."""
+        return [image for layout in range(1, LAYOUT_VERSION + 1) if (image := image_path(self.store.root, digest, layout)).is_file()]
 
     def release(self, digest: str) -> None:
         """Unmount the digest's image (every mount stacked at its mountpoint) and delete it,
         before the store deletes the tars it points into. Only called for a digest no
         publication uses: the binds of a volume would keep the mount alive, not the image."""
         root = self.store.root
-        target = mount_dir(root, digest)
-        while kernel.find_mount(os.fspath(target)) is not None:
-            kernel.unmount(os.fspath(target))
-        with contextlib.suppress(FileNotFoundError):
-            target.rmdir()
-        image_path(root, digest).unlink(missing_ok=True)
+        for layout in range(1, LAYOUT_VERSION + 1):
+            target = mount_dir(root, digest, layout)
+            while kernel.find_mount(os.fspath(target)) is not None:
+                kernel.unmount(os.fspath(target))
+            with contextlib.suppress(FileNotFoundError):
+                target.rmdir()
+            image_path(root, digest, layout).unlink(missing_ok=True)
