@@ -19,6 +19,7 @@ from csi_driver.csi.spec import PULL_POLICIES
 if TYPE_CHECKING:
     from csi_driver.content.pull import PullConfig
     from csi_driver.registry.credentials import CredentialSources
+    from csi_driver.verify.gate import Gate
 
 
 DESCRIPTION = """\
@@ -141,6 +142,11 @@ def _pull_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-unpacked-bytes", type=flags.positive_size, default=64 << 30, metavar="SIZE", help="largest unpacked artifact (default 64GiB)"
     )
+    parser.add_argument(
+        "--policy", type=flags.file, metavar="FILE",
+        help="verification policy (YAML): which signatures content must carry to be mounted; re-read when it changes "
+        "(default: none, nothing is verified)",
+    )  # fmt: skip
 
 
 def _human(parent: argparse._SubParsersAction, name: str, handler: str, text: str, description: str) -> argparse.ArgumentParser:
@@ -324,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         from csi_driver import convert
 
         return convert.run(args.file, check=args.check, driver=args.driver_name, pod_pull_secrets=args.pod_pull_secrets)
+    verification = _verification(args, command) if args.command in ("serve", "describe") else None
     if human:
         from csi_driver import cli
 
-        return cli.run(args, *((_pull_config(args), _credential_sources(args)) if args.command == "describe" else ()))
+        context = (_pull_config(args, verification), _credential_sources(args)) if args.command == "describe" else ()
+        return cli.run(args, *context)
     from csi_driver.content.cache import Budget
     from csi_driver.csi.server import ServeOptions, serve
 
@@ -338,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             mode=args.mode,
             driver_name=args.driver_name,
-            pull=_pull_config(args),
+            pull=_pull_config(args, verification),
             credentials=_credential_sources(args),
             budget=Budget(args.cache_max_bytes, args.cache_min_free),
             metrics_address=args.metrics_address or "",
@@ -347,8 +355,22 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def _pull_config(args: argparse.Namespace) -> PullConfig:
-    """The PullConfig of the ``_pull_flags``."""
+def _verification(args: argparse.Namespace, command: argparse.ArgumentParser) -> Gate | None:
+    """The Gate of ``--policy``; a policy that cannot be used is a usage error naming its line.
+    Only here is ``csi_driver.verify`` imported (sigstore and pydantic: about a second)."""
+    if args.policy is None:
+        return None
+    from csi_driver.verify.gate import Gate
+    from csi_driver.verify.policy import PolicyError
+
+    try:
+        return Gate(args.policy)
+    except PolicyError as exc:
+        command.error(" ".join(exc.message.split()))
+
+
+def _pull_config(args: argparse.Namespace, verification: Gate | None) -> PullConfig:
+    """The PullConfig of the ``_pull_flags``, with the Gate made of ``--policy``."""
     from csi_driver.content.pull import PullConfig
     from csi_driver.layout import rules, manifest
     from csi_driver.registry.client import RegistryConfig
@@ -364,6 +386,7 @@ def _pull_config(args: argparse.Namespace) -> PullConfig:
         platform=args.platform or manifest.node_platform(),
         limits=rules.Limits(max_entries=args.max_entries, max_unpacked_bytes=args.max_unpacked_bytes),
         max_layers=args.max_layers,
+        verification=verification,
     )
 
 

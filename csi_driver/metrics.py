@@ -1,6 +1,7 @@
 """Prometheus metrics (``--metrics-address``), with prometheus-client.
 
-Every label is bounded: RPC method and gRPC code names, result names, and registry
+Every label is bounded: RPC method and gRPC code names, result names, the policy's rule names
+(the admin's) and signature formats, and registry
 hosts, of which only the first ``MAX_HOSTS`` get their own label (a pod chooses
 its reference, so hosts are not bounded by the admin: the rest count as
 ``other``). No label holds a secret, a pod UID, a volume id or a digest.
@@ -32,6 +33,14 @@ REGISTRY_SECONDS = Histogram(f"{PREFIX}_registry_request_duration_seconds",
                              ["host", "status"], buckets=_LATENCY)  # fmt: skip
 VIEW_RESTARTS = Counter(f"{PREFIX}_fuse_view_restarts_total", "FUSE views replaced: started by serve, or by a standing-by fuse container")
 VIEW_MODE = Gauge(f"{PREFIX}_view_mode", "1 for the data plane serve chose at start (erofs, fuse or bind)", ["mode"])
+VERIFICATIONS = Counter(f"{PREFIX}_verifications_total",
+                        "Signature verifications by the policy's rule ((none) when no rule matched), result "
+                        "(verified, refused, audited, default-allow, default-deny) and signature format", ["rule", "result", "format"])  # fmt: skip
+VERIFY_SECONDS = Histogram(f"{PREFIX}_verification_duration_seconds",
+                           "Signature verification latency (lookups and checks; cached verdicts are not timed)",
+                           buckets=_LATENCY)  # fmt: skip
+POLICY_RELOAD_ERRORS = Counter(f"{PREFIX}_policy_reload_errors_total",
+                               "Reloads of --policy that failed; the policy loaded before stays in force")  # fmt: skip
 CACHE_OVER_BUDGET = Counter(f"{PREFIX}_cache_over_budget_total",
                             "Collections that ended over budget because the rest was in use")  # fmt: skip
 

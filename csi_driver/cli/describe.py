@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from csi_driver import errors
-from csi_driver.cli.output import emit, fields, plural, progress, pulling, short, table
+from csi_driver.cli.output import emit, fields, plural, progress, pulling, short, table, verdict
 from csi_driver.content.pull import PullConfig, pull
 from csi_driver.content.store import Store
 from csi_driver.layout import rules, manifest
@@ -128,6 +128,9 @@ def _report(
                 report["manifest"] = chosen.digest
         else:
             report["manifest"] = top
+    verification = store.latest_verdict(report["manifest"], f"{ref.registry}/{ref.repository}") if "manifest" in report else None
+    if verification is not None:  # only with --policy
+        report["verification"] = verification
     if loaded is not None and isinstance(loaded[1], manifest.ImageManifest):
         image = loaded[1]
         report["config_media_type"] = image.config.media_type
@@ -178,6 +181,8 @@ def _text(r: dict[str, Any], whole_tree: bool) -> str:
         pairs.append(("manifest", r["manifest"]))
     if "config_media_type" in r:
         pairs.append(("config", r["config_media_type"]))
+    if "verification" in r:
+        pairs.append(("verification", verdict(r["verification"])))
     parts = [fields(pairs)]
     if "layers" in r:
         rows = [

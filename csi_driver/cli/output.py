@@ -40,6 +40,21 @@ def fields(pairs: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in pairs)
 
 
+def verdict(v: dict[str, Any] | None) -> str:
+    """A verification policy's verdict, as the store keeps it, for people: the result, the
+    rule, what accepted it and who signed, or the refusal's own words."""
+    if v is None:
+        return "none recorded (published without --policy)"
+    if v["result"] == "verified":
+        signer = "" if v["signer"] in v["attestor"] else f", signed by {v['signer']}"
+        return f"verified by rule {v['rule']!r}: {v['attestor']}{signer} ({v['format']})"
+    if v["result"] == "default-allow":
+        return "allowed: no rule of the policy matches, and its default is allow"
+    if v["result"] == "audited":
+        return f"audited, mounted anyway: {v['message']}"
+    return f"refused: {v['message']}"
+
+
 def plural(n: int, noun: str, nouns: str = "") -> str:
     """``1 file``, ``2 files``; ``nouns`` for an irregular plural."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"

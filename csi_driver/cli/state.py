@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from csi_driver import errors
-from csi_driver.cli.output import emit, fields, iso, plural, short, table, when
+from csi_driver.cli.output import emit, fields, iso, plural, short, table, verdict, when
 from csi_driver.content.cache import IN_USE, Budget, Tree, cache_bytes, collect
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
 from csi_driver.mounts.publications import Publication, Publications
+from csi_driver.reference import parse_reference
 from csi_driver.units import size
 from csi_driver.views.choose import Copies
 
@@ -34,6 +35,7 @@ def open_state(path: str) -> tuple[Store, Publications]:
 
 def _volume(store: Store, pub: Publication) -> dict[str, Any]:
     size_bytes, entries = store.usage(pub.digest)
+    ref = parse_reference(pub.reference)
     return {
         "volume_id": pub.volume_id,
         "target": pub.target,
@@ -46,6 +48,7 @@ def _volume(store: Store, pub: Publication) -> dict[str, Any]:
         "bytes": size_bytes,
         "entries": entries,
         "health": kernel.target_state(pub.target),
+        "verification": store.latest_verdict(pub.digest, f"{ref.registry}/{ref.repository}"),
     }
 
 
@@ -61,6 +64,7 @@ def _volume_text(v: dict[str, Any]) -> str:
             ("mounted since", when(v["mounted_since"])),
             ("content", f"{size(v['bytes'])} in {v['entries']} entries"),
             ("health", v["health"]),
+            ("verification", verdict(v["verification"])),
         ]
     )
 

@@ -18,15 +18,22 @@ where the policy allows it.
 A tree pulled with credentials is private: whenever it is handed out without
 this call having asked the registry for the tag with the pod's credentials, the
 pod's access is verified first (``authorize.py``), whatever the pull policy.
+
+With a verification policy (``--policy``), every tree handed out has the policy's verdict for
+the repository it is named in, whatever the pull policy and however the tree came to be on the
+node: a new digest is verified after resolution and before any layer is fetched, with the pod's
+registry client; the verdict is kept in the store, so a warm publish asks the registry nothing.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from csi_driver import errors, metrics, progress
 from csi_driver.content.store import Store
@@ -36,7 +43,12 @@ from csi_driver.registry.authorize import AccessChecks
 from csi_driver.registry.client import RegistryClient, RegistryConfig
 from csi_driver.registry.credentials import Credentials
 
+if TYPE_CHECKING:  # csi_driver.verify loads sigstore: imported only where --policy is given
+    from csi_driver.verify.gate import Gate
+
 LAYER_WORKERS = 4
+REFUSAL_TTL = 5.0
+"""Seconds an enforced refusal is remembered (see ``_verify``)."""
 log = logging.getLogger("oci-volume-csi")
 
 
@@ -46,6 +58,7 @@ class PullConfig:
     platform: str = field(default_factory=manifest.node_platform)
     limits: rules.Limits = field(default_factory=rules.Limits)
     max_layers: int = 128
+    verification: Gate | None = None  # the node's --policy, if it has one
 
 
 def pull(
@@ -89,14 +102,17 @@ def _pull(
             local = _rebuild(store, ref, local, cfg, platform)
         if local:
             _authorize(store, access, client, credentials, ref, local)
+            _verify(store, cfg, client, ref, local, None)
             return local, "node"
         if policy == "Never":
             raise errors.FailedPrecondition(
                 f"{ref} is not on this node and pullPolicy is Never; pull it once with IfNotPresent or Always, "
                 "or pre-load the node"
             )
-    digest = _ensure_tree(store, client, ref, _resolve(store, client, ref, key, platform), cfg, platform,
-                          private=credentials is not None)  # fmt: skip
+    top = _resolve(store, client, ref, key, platform)
+    digest, image = _image_manifest(store, client, ref, top, platform)
+    _verify(store, cfg, client, ref, digest, top)  # before a layer is fetched or the tree committed
+    _ensure_tree(store, client, ref, top, digest, image, cfg, private=credentials is not None)
     if ref.digest:  # resolve() asked nothing, and the tree may have been on the node already
         _authorize(store, access, client, credentials, ref, digest)
     store.record_resolution(key, platform, digest)
@@ -129,6 +145,49 @@ def _authorize(
 ) -> None:
     if store.private(digest):
         access.verify(client, credentials, ref, digest)
+
+
+def _verify(store: Store, cfg: PullConfig, client: RegistryClient, ref: Reference, tree: str, top: str | None) -> None:
+    """Refuse ``tree`` (PERMISSION_DENIED) unless the node's policy allows it for ``ref``'s
+    repository; ``top`` is the digest ``ref`` resolved to, None when the tree came from the node.
+
+    The verdict is kept in the store under the tree's digest, the repository (rules match
+    repositories, so one digest may be refused in one and allowed in another) and the policy's
+    hash (a changed policy verifies afresh). An acceptance, or an audited refusal, is kept for
+    good: the digest's bytes cannot change. An enforced refusal is kept ``REFUSAL_TTL`` seconds
+    only: a rollout's pods and the kubelet's first quick retries cost one lookup, and a
+    signature pushed after the refusal lets the next retry mount.
+    """
+    gate = cfg.verification
+    if gate is None:
+        return
+    policy = gate.current()
+    repository = f"{ref.registry}/{ref.repository}"
+    known = store.verdict(tree, repository, policy.hash)
+    if known is None:
+        subjects = tuple(dict.fromkeys((top or ref.digest or _index_of(store, ref, tree, cfg) or tree, tree)))
+        verdict = gate.verify(policy, client, ref, subjects)
+        known = {**dataclasses.asdict(verdict), "result": verdict.result, "subjects": list(subjects), "policy": policy.hash}
+        expires = None if verdict.allowed else time.time() + REFUSAL_TTL
+        store.record_verdict(tree, repository, policy.hash, verdict.allowed, known, expires)
+    if not known["allowed"]:
+        raise errors.PermissionDenied(known["message"])
+
+
+def _index_of(store: Store, ref: Reference, tree: str, cfg: PullConfig) -> str | None:
+    """The index this node resolved to ``tree`` when it pulled it, if it was one: the node's
+    resolution of a tag names the tree only, and its blobs hold the index. Only for a tree on
+    the node without a verdict (pulled before the policy, or before it changed)."""
+    for digest, size in store.tree_blobs(tree):
+        if digest == tree or size > cfg.registry.max_manifest_bytes:
+            continue
+        try:
+            doc = manifest.parse(store.read_blob(digest), "", _where(ref, digest))
+        except errors.DriverError:  # a layer
+            continue
+        if isinstance(doc, manifest.Index) and any(entry.digest == tree for entry in doc.manifests):
+            return digest
+    return None
 
 
 def _node_tree(store: Store, ref: Reference, key: str, platform: str) -> str | None:
@@ -175,9 +234,11 @@ def _rebuild(store: Store, ref: Reference, digest: str, cfg: PullConfig, platfor
     keeps its privacy: access to a private one is checked as for any tree already on the node.
     """
     try:
-        return _ensure_tree(store, None, ref, digest, cfg, platform, private=store.private(digest))
+        digest, image = _image_manifest(store, None, ref, digest, platform)
+        _ensure_tree(store, None, ref, digest, digest, image, cfg, private=store.private(digest))
     except _NotStored:
         return None
+    return digest
 
 
 def _manifest_bytes(store: Store, client: RegistryClient | None, ref: Reference, digest: str) -> tuple[bytes, str]:
@@ -207,15 +268,20 @@ def _image_manifest(
 
 
 def _ensure_tree(
-    store: Store, client: RegistryClient | None, ref: Reference, top: str, cfg: PullConfig, platform: str, private: bool
-) -> str:
-    """Commit the tree of ``top`` (a manifest, or an index naming one for ``platform``) unless it is
-    committed; return the manifest's digest. With no ``client`` only stored blobs are used
-    (``_NotStored`` when one is missing)."""
-    digest, image = _image_manifest(store, client, ref, top, platform)
+    store: Store,
+    client: RegistryClient | None,
+    ref: Reference,
+    top: str,
+    digest: str,
+    image: manifest.ImageManifest,
+    cfg: PullConfig,
+    private: bool,
+) -> None:
+    """Commit the tree of ``image`` (``digest``, which ``top`` resolved to) unless it is already.
+    With no ``client`` only stored blobs are used (``_NotStored`` when one is missing)."""
     with store.single_flight(digest):
         if store.committed(digest):
-            return digest
+            return
         if len(image.layers) > cfg.max_layers:
             raise errors.ResourceExhausted(
                 f"{_where(ref, digest)} has {len(image.layers)} layers, more than the limit of {cfg.max_layers} "
@@ -241,7 +307,6 @@ def _ensure_tree(
         entries = builder.entries()
         blobs = {top, digest, *(layer.digest for layer in layers)}
         store.commit_tree(digest, entries, private=private, blobs=sorted(blobs))
-    return digest
 
 
 def _ensure_layers(

@@ -2,7 +2,7 @@
 
 Layout under the state dir::
 
-    store.db                      SQLite (WAL): blobs, trees, tree listings, resolutions
+    store.db                      SQLite (WAL): blobs, trees, tree listings, resolutions, verdicts
     blobs/sha256/<hex>            every blob exactly as the registry served it, verified
     layers/sha256/<hex>.tar       the uncompressed tar of a compressed tar-family layer
     tmp/                          work files; renamed into place only once verified
@@ -47,6 +47,7 @@ import ctypes.util
 import errno
 import hashlib
 import io
+import json
 import marshal
 import os
 import queue
@@ -114,6 +115,18 @@ CREATE TABLE IF NOT EXISTS resolutions (
     resolved_at REAL NOT NULL,
     PRIMARY KEY (reference, platform)
 );
+-- The verification policy's verdict on a tree, for the repository it was named in, under one
+-- policy (its hash): a warm publish reads it instead of asking the registry for signatures.
+CREATE TABLE IF NOT EXISTS verdicts (
+    digest TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    allowed INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    verified_at REAL NOT NULL,
+    expires REAL,
+    PRIMARY KEY (digest, repository, policy)
+) WITHOUT ROWID;
 """
 
 CHUNK = 1 << 20
@@ -583,6 +596,7 @@ class Store:
         with self._db() as db:
             for table, column in (
                 ("trees", "digest"), ("listings", "tree"), ("entries", "tree"), ("tree_blobs", "tree"), ("resolutions", "digest"),
+                ("verdicts", "digest"),
             ):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (digest,))
 
@@ -618,6 +632,48 @@ class Store:
             "SELECT digest FROM resolutions WHERE reference = ? AND platform = ?", (reference, platform)
         ).fetchone()
         return row[0] if row else None
+
+    # -- verdicts ---------------------------------------------------------------------
+
+    def record_verdict(
+        self, digest: str, repository: str, policy: str, allowed: bool, verdict: dict, expires: float | None
+    ) -> None:
+        """Remember the policy's verdict on the tree ``digest`` named in ``repository``
+        (``registry/repository``); ``verdict`` is its JSON account, ``expires`` None for good."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (digest, repository, policy, int(allowed), json.dumps(verdict), time.time(), expires),
+            )
+
+    def verdict(self, digest: str, repository: str, policy: str) -> dict | None:
+        """The verdict recorded for this tree, repository and policy, unless it has expired."""
+        row = self._conn().execute(
+            "SELECT verdict, expires FROM verdicts WHERE digest = ? AND repository = ? AND policy = ?",
+            (digest, repository, policy),
+        ).fetchone()
+        if row is None or (row[1] is not None and row[1] <= time.time()):
+            return None
+        return json.loads(row[0])
+
+    def latest_verdict(self, digest: str, repository: str) -> dict | None:
+        """The last verdict recorded for this tree and repository, under whichever policy
+        (``inspect`` shows it; it never decides anything)."""
+        row = self._conn().execute(
+            "SELECT verdict FROM verdicts WHERE digest = ? AND repository = ? ORDER BY verified_at DESC LIMIT 1",
+            (digest, repository),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def tree_blobs(self, digest: str) -> list[tuple[str, int]]:
+        """(digest, size) of the blobs a committed tree needs: its index, manifest and layers."""
+        return list(
+            self._conn().execute(
+                "SELECT tree_blobs.blob, blobs.size FROM tree_blobs JOIN blobs ON blobs.digest = tree_blobs.blob "
+                "WHERE tree_blobs.tree = ? ORDER BY tree_blobs.blob",
+                (digest,),
+            )
+        )
 
     def references(self) -> dict[str, list[str]]:
         """Digest → the references this node last resolved to it, sorted (``cache ls``)."""
