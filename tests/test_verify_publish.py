@@ -8,6 +8,7 @@ policies with ``make_policy`` (one rule over ``<registry>/verify/**``).
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for
 from private_registry import PASSWORD, USER
 from registry_server import access_log, blob_fetches, free_port, run_registry
-from signing import ISSUER, key_attestor, keyless_attestor, make_policy, sign_legacy
+from signing import ISSUER, SUBJECT, key_attestor, keyless_attestor, make_policy, sign_legacy
 from test_authorization import pull_secret
 from test_observability import scrape, value
 from test_publish import expected_walk
@@ -102,9 +103,36 @@ def test_keyless_mounts_the_right_identity_and_refuses_another(tmp_path, registr
     attach_keyless(registry, repo_of(evil), evil.digest, sigstore, identity="https://github.com/evil/x/.github/workflows/r.yml@refs/heads/main")
     policy = make_policy(tmp_path, registry, keyless_attestor(trusted_root))
     with serving(tmp_path, registry, policy.path) as driver:
-        assert walk(publish(driver, kubelet_root, "pod-1", good.reference)) == expected_walk(PLUGIN_TREE)
+        target = publish(driver, kubelet_root, "pod-1", good.reference)
+        assert walk(target) == expected_walk(PLUGIN_TREE)
         message = refusal(driver, kubelet_root, "pod-2", evil.reference)
+        shown = cli("inspect", str(target), "--state-dir", str(driver.state_dir), "--output", "json")
+        text = cli("inspect", str(target), "--state-dir", str(driver.state_dir)).stdout
+    verdict = json.loads(shown.stdout)["verification"]
+    assert (verdict["result"], verdict["rule"], verdict["format"]) == ("verified", "plugins", "sigstore-bundle-dsse")
+    assert verdict["signer"] == f"{SUBJECT} from {ISSUER}" and verdict["attestor"] == f"cosign keyless {SUBJECT} from {ISSUER}"
+    assert f"verification:  verified by rule 'plugins': cosign keyless {SUBJECT} from {ISSUER} (sigstore-bundle-dsse)" in text
     assert f"identity mismatch (signed by https://github.com/evil/x/.github/workflows/r.yml@refs/heads/main from {ISSUER})" in message
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "csi_driver", *args], capture_output=True, text=True, check=check)
+
+
+def test_describe_shows_the_verdict_a_node_with_the_policy_would_reach(tmp_path, registry, artifact, p256):
+    unsigned = push_klaus(registry, f"verify/publish-{next(_names)}:v1", PLUGIN_TREE, tmp_path / "unsigned")
+    sign_legacy(registry, repo_of(artifact), artifact.digest, p256)
+    policy = make_policy(tmp_path, registry, key_attestor(p256))
+    flags = ["--insecure-registry", registry, "--policy", str(policy.path)]
+    shown = json.loads(cli("describe", artifact.reference, *flags, "--output", "json").stdout)["verification"]
+    key_id = shown["signer"]
+    assert (shown["result"], shown["rule"], shown["attestor"]) == ("verified", "plugins", f"cosign key {key_id}")
+    assert f"verification: verified by rule 'plugins': cosign key {key_id} (cosign-simplesigning)" in cli("describe", artifact.reference, *flags).stdout
+    refused = cli("describe", unsigned.reference, *flags, check=False)
+    assert refused.returncode == 1
+    assert "the node would refuse this volume: PERMISSION_DENIED: verification policy: rule 'plugins' refused" in refused.stdout
+    assert "verification: refused: verification policy:" in refused.stdout
+    assert "verification" not in cli("describe", artifact.reference, "--insecure-registry", registry).stdout
 
 
 def test_audit_mounts_and_logs_the_refusal_once(tmp_path, registry, artifact, p256, kubelet_root):
