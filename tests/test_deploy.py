@@ -9,6 +9,7 @@ against a real FUSE view.
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import re
@@ -25,6 +26,7 @@ import yaml
 from csi_driver import DEFAULT_DRIVER_NAME
 from csi_driver.__main__ import _parser
 from csi_driver.mounts import kernel
+from csi_driver.verify.policy import load as load_policy
 from csi_driver.views.fuse import FUSE_FS_TYPE
 from manifests import (
     DEPLOY,
@@ -252,21 +254,63 @@ def test_dockerfile_passes_hadolint() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-# --- the opt-in components for --pod-pull-secrets (docs/credentials.md) ------------------------------
+# --- the opt-in components: --pod-pull-secrets (docs/credentials.md), --policy (docs/verification.md) ---
 
 COMPONENTS = DEPLOY / "components"
 
 
-def built_with(component: str, tmp_path: Path) -> list[dict]:
-    """``kubectl kustomize`` of an overlay of deploy/ with ``component``, as an admin writes one."""
-    overlay = tmp_path / "overlay"
-    overlay.mkdir(exist_ok=True)
-    base = os.path.relpath(DEPLOY, overlay)
-    (overlay / "kustomization.yaml").write_text(
-        f"resources: [{base}]\ncomponents: [{os.path.relpath(COMPONENTS / component, overlay)}]\n"
-    )
-    out = subprocess.run(["kubectl", "kustomize", str(overlay)], check=True, capture_output=True, text=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+def json_patch(doc: dict, operations: list[dict]) -> dict:
+    """``doc`` with the RFC 6902 operations the components use applied (test, add (at ``-`` too), replace)."""
+    doc = copy.deepcopy(doc)
+    for operation in operations:
+        *parents, last = operation["path"].split("/")[1:]
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key = int(last) if isinstance(node, list) and last != "-" else last
+        if operation["op"] == "test":
+            assert node[key] == operation["value"], operation
+        elif operation["op"] == "add" and isinstance(node, list):
+            node.insert(len(node) if key == "-" else key, operation["value"])
+        elif operation["op"] in ("add", "replace"):
+            node[key] = operation["value"]
+        else:
+            raise AssertionError(f"the test applies only test, add and replace, not {operation}")
+    return doc
+
+
+CLUSTER_SCOPED = {"Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding"}
+
+
+def built_with(component: str) -> list[dict]:
+    """deploy/ with ``component`` applied as kustomize applies one: its resources, its generated
+    ConfigMaps and its JSON patches by kind and name. Built here because kubectl (and its
+    kustomize) is not something the test command can install on Debian bookworm."""
+    base = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    objects = [doc for name in base["resources"] for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc]
+    for obj in objects:
+        if obj["kind"] not in CLUSTER_SCOPED:
+            obj["metadata"]["namespace"] = base["namespace"]
+    folder = COMPONENTS / component
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert spec["kind"] == "Component"
+    objects += [doc for name in spec.get("resources", []) for doc in yaml.safe_load_all((folder / name).read_text()) if doc]
+    for generator in spec.get("configMapGenerator", []):
+        assert generator["options"] == {"disableNameSuffixHash": True}, "a hash suffix would roll the DaemonSet on each edit"
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": generator["name"], "namespace": generator["namespace"]},
+            "data": {name: (folder / name).read_text() for name in generator["files"]},
+        })  # fmt: skip
+    for patch in spec.get("patches", []):
+        operations = yaml.safe_load(patch["patch"] if "patch" in patch else (folder / patch["path"]).read_text())
+        target = patch["target"]
+        matched = [i for i, o in enumerate(objects) if (o["kind"], o["metadata"]["name"]) == (target["kind"], target["name"])]
+        assert matched, f"{component}: the patch's target {target} is not in deploy/"
+        for i in matched:
+            objects[i] = json_patch(objects[i], operations)
+    return objects
 
 
 def driver_of(objects: list[dict]) -> dict:
@@ -276,8 +320,8 @@ def driver_of(objects: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("component", ["pod-pull-secrets", "pod-pull-secrets-node-identity"])
-def test_component_builds_valid_objects_for_every_version(component: str, tmp_path: Path) -> None:
-    objects = built_with(component, tmp_path)
+def test_component_builds_valid_objects_for_every_version(component: str) -> None:
+    objects = built_with(component)
     for version in KUBERNETES_VERSIONS:
         for obj in objects:
             validate(obj, version)
@@ -286,8 +330,8 @@ def test_component_builds_valid_objects_for_every_version(component: str, tmp_pa
     _parser().parse_args(args)
 
 
-def test_service_account_component_mounts_the_token_and_grants_get_only(tmp_path: Path) -> None:
-    objects = built_with("pod-pull-secrets", tmp_path)
+def test_service_account_component_mounts_the_token_and_grants_get_only() -> None:
+    objects = built_with("pod-pull-secrets")
     (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
     (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
     (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
@@ -300,8 +344,8 @@ def test_service_account_component_mounts_the_token_and_grants_get_only(tmp_path
                                     "namespace": account["metadata"]["namespace"]}]  # fmt: skip
 
 
-def test_node_identity_component_uses_the_kubelets_kubeconfig_and_grants_nothing(tmp_path: Path) -> None:
-    objects = built_with("pod-pull-secrets-node-identity", tmp_path)
+def test_node_identity_component_uses_the_kubelets_kubeconfig_and_grants_nothing() -> None:
+    objects = built_with("pod-pull-secrets-node-identity")
     assert not [o for o in objects if o["kind"].startswith("ClusterRole") or o["kind"].startswith("Role")]
     (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
     spec = daemonset["spec"]["template"]["spec"]
@@ -313,3 +357,40 @@ def test_node_identity_component_uses_the_kubelets_kubeconfig_and_grants_nothing
     assert mount["readOnly"] is True and volume["hostPath"] == {"path": kubeconfig, "type": "File"}
     # the kubelet's client certificate, which kubeadm's kubelet.conf names, comes with kubelet-dir
     assert any(m["mountPath"] == "/var/lib/kubelet" for m in driver["volumeMounts"])
+
+POLICY_COMPONENT = COMPONENTS / "policy"
+
+
+def policy_component() -> tuple[dict, dict]:
+    """The ConfigMap the policy component generates and the DaemonSet it patches."""
+    objects = built_with("policy")
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    (daemonset,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    return config_map, daemonset
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_policy_component_builds_valid_objects(version: str) -> None:
+    for obj in policy_component():
+        validate(obj, version)
+
+
+def test_the_policy_component_mounts_its_configmap_where_policy_points() -> None:
+    config_map, daemonset = policy_component()
+    assert config_map["metadata"]["namespace"] == deploy_object("Namespace")["metadata"]["name"]
+    spec = daemonset["spec"]["template"]["spec"]
+    (driver,) = [c for c in spec["containers"] if c["name"] == "driver"]
+    _parser().parse_args(driver["args"])
+    path = flag(driver["args"], "policy")
+    (mount,) = [m for m in driver["volumeMounts"] if posixpath.dirname(path) == m["mountPath"]]
+    assert "subPath" not in mount and mount["readOnly"] is True, "a subPath mount never sees the ConfigMap change"
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert posixpath.basename(path) in config_map["data"]
+
+
+def test_the_example_policy_loads_audits_only_and_ships_the_files_it_names() -> None:
+    config_map, _ = policy_component()
+    policy = load_policy(POLICY_COMPONENT / "policy.yaml")
+    assert policy.rules and all(rule.mode == "audit" for rule in policy.rules), "as shipped, it must refuse nothing"
+    assert {p.name for p in policy.files} <= set(config_map["data"]), "a file the policy names is not in the ConfigMap"
