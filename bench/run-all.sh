@@ -5,7 +5,7 @@
 # containerd), and is reported without it. About 5 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for script in bench_publish.py bench_image.py bench_compare.py bench_scale.py; do
+for script in bench_publish.py bench_image.py bench_compare.py bench_scale.py bench_verify.py; do
     echo "=== bench/$script"
     unshare -m --propagation private .venv/bin/python "bench/$script"
 done
