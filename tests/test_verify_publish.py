@@ -260,3 +260,12 @@ def test_private_content_is_verified_with_the_pods_credentials(tmp_path, p256, k
             assert walk(publish(driver, kubelet_root, "pod-1", reference, secrets=secret)) == expected_walk(PLUGIN_TREE)
         lookups = [line for line in access_log(private) if f"/manifests/sha256-{pushed.digest[7:]}" in line]
     assert lookups, "the signature lookups went to the private registry"
+
+
+def test_without_a_policy_serve_never_loads_the_verify_package():
+    code = (
+        "import sys, csi_driver.__main__, csi_driver.csi.server, csi_driver.cli.describe; "
+        "print(sorted(m for m in sys.modules if m.startswith(('csi_driver.verify', 'sigstore', 'pydantic'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
