@@ -193,7 +193,8 @@ def test_an_extracted_tree_is_flushed_before_its_rename_into_trees_and_its_direc
     cold_bind_publish: Trace,
 ) -> None:
     trace = cold_bind_publish
-    [(rename, source, destination)] = renames_into(trace, "trees/sha256")
+    trees = bind.tree_dir(trace.state, "sha256:" + "0" * 64).parent.relative_to(trace.state)  # trees/v<N>/sha256
+    [(rename, source, destination)] = renames_into(trace, str(trees))
     writes = [c for c in trace.calls if c.written().startswith(source + "/")]
     syncs = [c for c in trace.calls if c.name == "syncfs" and c.fd_path() == source and c.end < rename.start]
     assert writes and syncs, f"{destination} was renamed into place without a syncfs of {source} first"
@@ -227,7 +228,7 @@ def test_gc_forgets_a_tree_on_the_disk_before_its_files_go_and_never_leaves_part
         check=True, capture_output=True,
     )  # fmt: skip
     calls = parse_trace(out.read_text())
-    assert not list((state / "blobs" / "sha256").iterdir()) and not list((state / "trees" / "sha256").iterdir())
+    assert not list((state / "blobs" / "sha256").iterdir()) and not list(bind.tree_dir(state, pushed.digest).parent.iterdir())
 
     def unlinks_below(directory: Path) -> list[Call]:
         return [c for c in calls if c.name.startswith("unlink") and any(p.startswith(f"{directory}/") for p in c.paths())
