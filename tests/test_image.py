@@ -35,7 +35,9 @@ def test_image_builds_runs_and_is_not_root_by_default(tmp_path: Path) -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert re.search(r"usage: oci-volume-csi .*\{serve,[^}]*convert", done.stdout, re.DOTALL), done.stdout[-2000:]
+    shown = done.stdout[done.stdout.index("usage: oci-volume-csi"):]
+    for command in ("serve", "fuse", "cache", "publish", "unpublish", "inspect", "describe", "convert"):
+        assert re.search(rf"^\s+{command}\s", shown, re.MULTILINE), f"{command} missing from the help:\n{shown[:2000]}"
 
     with tarfile.open(output) as archive:
         index = json.load(archive.extractfile("index.json"))  # type: ignore[arg-type]
