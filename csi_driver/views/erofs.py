@@ -10,7 +10,11 @@ copied, so a crash, restart or upgrade of the driver touches no mount (docs/proc
 
 Whether a digest is mounted is read from the mount table (an ``erofs`` mount at its mountpoint
 whose source is its image), never assumed: after a node reboot or an admin's umount the next
-``path_for`` (reconcile calls it before re-binding a record) mounts it again.
+``path_for`` (reconcile calls it before re-binding a record) mounts it again. The kernel
+generates the whole table for every read (about 1 ms with 1,000 volumes mounted), so once a
+mount is found to be ours its device number is remembered, and a later publish only compares
+``stat(mountpoint).st_dev`` with it: an unmounted mountpoint shows the parent file system's
+device and any new mount a new one, and either sends the check back to the table.
 """
 
 from __future__ import annotations
@@ -61,10 +65,22 @@ class ErofsView:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._devices: dict[Path, int] = {}  # mountpoint -> st_dev of the mount found to be ours
 
     def mounted(self, digest: str, layout: int = LAYOUT_VERSION) -> bool:
         root = self.store.root
-        return _ours(kernel.find_mount(os.fspath(mount_dir(root, digest, layout))), image_path(root, digest, layout))
+        target = mount_dir(root, digest, layout)
+        try:
+            device = os.stat(target).st_dev
+        except OSError:
+            return False
+        if self._devices.get(target) == device:
+            return True
+        ours = _ours(kernel.find_mount(os.fspath(target)), image_path(root, digest, layout))
+        with contextlib.suppress(OSError):
+            if ours and os.stat(target).st_dev == device:  # nothing was mounted or unmounted meanwhile
+                self._devices[target] = device
+        return ours
 
     def path_for(self, digest: str) -> str:
         layout = self.store.layout(digest)
@@ -120,6 +136,7 @@ class ErofsView:
         root = self.store.root
         for layout in range(1, LAYOUT_VERSION + 1):
             target = mount_dir(root, digest, layout)
+            self._devices.pop(target, None)
             while kernel.find_mount(os.fspath(target)) is not None:
                 kernel.unmount(os.fspath(target))
             with contextlib.suppress(FileNotFoundError):
