@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from csi_driver import errors
 from csi_driver.layout.manifest import Descriptor, ImageManifest
 from csi_driver.layout.rules import OCI_TAR_GZIP, TITLE, UNPACK, Layer, Limits, TreeBuilder, build_tree, compression, layers_of, may_unpack, tar_path
-from csi_driver.layout.tree import blob_relpath, Entry, Kind
+from csi_driver.layout.tree import blob_relpath, Entry, Kind, hardlinks
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -292,6 +292,18 @@ def test_hardlink_within_tree_shares_the_targets_bytes(tmp_path: Path) -> None:
         assert linked.kind is Kind.FILE
         assert (linked.source, linked.offset, linked.size, linked.mode, linked.uid) == (
             original.source, original.offset, original.size, 0o755, 3)
+
+
+def test_hardlinks_say_which_names_are_one_inode_and_how_many(tmp_path: Path) -> None:
+    """What every view asks: the names of one member of a tar, counted; a file named once, and
+    the two titles of one blob (a whole blob at offset 0, as ``oras pull`` writes two files),
+    are not hardlinks."""
+    layer = put_tar(tmp_path, [file("a", b"A"), hardlink("b", "a"), hardlink("d/c", "a"), file("solo", b"S")])
+    got = tree(tmp_path, layer)
+    titled = tree(tmp_path, put_blob(tmp_path, b"notes", "text/plain", "notes.txt"))["notes.txt"]
+    entries = [*got.values(), titled, titled._replace(path="again.txt")]
+    assert hardlinks(entries) == {got["a"].source: {got["a"].offset: 3}}
+    assert hardlinks([got["a"], got["solo"], titled]) == {}
 
 
 def test_gnu_and_pax_long_names_work(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 ``layout.py`` turns a manifest's layers into a list of :class:`Entry`; the store
 records that list once per manifest digest; the FUSE view serves it and the bind
 view materialises it. Because both views read the very same entries, they cannot
-disagree about bytes, modes, owners or symlink targets.
+disagree about bytes, modes, owners or symlink targets; nor, since each asks ``hardlinks``,
+about which names are one inode.
 
 A regular file's bytes are never copied into the model: ``source`` names a file
 inside the store (relative to the state dir) and ``offset`` where its bytes begin
@@ -12,6 +13,7 @@ inside the store (relative to the state dir) and ``offset`` where its bytes begi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from csi_driver.reference import digest_hex
@@ -68,6 +70,37 @@ class Entry(NamedTuple):
 
 
 ROOT = Entry(path="", kind=Kind.DIR, mode=0o755)
+
+
+def hardlinks(entries: Iterable[Entry]) -> dict[str, dict[int, int]]:
+    """Which entries are names of one inode: ``source`` → ``offset`` → its number of names, for
+    every inode that more than one entry names. Every view shows such entries as one inode whose
+    link count is that number; any other entry is an inode of its own.
+
+    The layout step represents a hardlink as a copy of its target's entry under another path, so
+    the regular files whose bytes start at the same ``offset`` of the same ``source`` are one
+    member of a layer tar. A whole blob (``offset`` 0: an ORAS file; a tar member's bytes never
+    start at 0) is never a hardlink: two titles of one blob stay two files, as ``oras pull``
+    writes them.
+
+    One loop in Python, keyed by source, then offset, rather than by a tuple of both: no object
+    is made per entry (a tree has few sources), and C loops over ``zip``'s tuples were no faster
+    (bench/RESULTS.md).
+    """
+    counts: dict[str, dict[int, int]] = {}
+    linked: dict[str, dict[int, int]] = {}
+    for entry in entries:
+        offset = entry.offset
+        if offset and entry.kind is Kind.FILE:
+            seen = counts.get(entry.source)
+            if seen is None:
+                seen = counts[entry.source] = {}
+            names = seen.get(offset, 0) + 1
+            seen[offset] = names
+            if names > 1:
+                linked.setdefault(entry.source, {})[offset] = names
+    return linked
+
 
 LAYOUT_VERSION = 2
 """What a tree built by this code holds, recorded with every tree the store commits.

@@ -34,10 +34,9 @@ The format follows the Linux kernel's ``fs/erofs/erofs_fs.h`` (on-disk structure
   symlink.
 - Empty files are ``EROFS_INODE_FLAT_PLAIN`` with no block (``EROFS_NULL_ADDR``).
 
-Hardlinks: the layout step represents a hardlink as a copy of its target's entry under another
-path, with the same ``source`` and ``offset``; such entries become one inode with their count as
-its link count. A whole blob (offset 0, an ORAS file) is never a hardlink: two titles of one blob
-stay two files, as ``oras pull`` writes them.
+Hardlinks: the entries that ``layout.tree.hardlinks`` says name one inode (the layout step's
+copies of a hardlink's target, with the same ``source`` and ``offset``) become one inode with
+their number as its link count, as in the other views.
 
 No ``fsck.erofs`` packaged for Debian bookworm (erofs-utils 1.5) reads 512-byte blocks: the tests
 validate images by mounting them in the kernel and comparing the whole tree.
@@ -53,7 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from csi_driver.layout.tree import Entry, Kind
+from csi_driver.layout.tree import Entry, Kind, hardlinks
 
 BLOCK_BITS = 9
 BLOCK = 1 << BLOCK_BITS
@@ -332,24 +331,21 @@ def _inodes(entries: Sequence[Entry]) -> tuple[_Inode, list[_Inode], list[_Inode
     cost more than the work itself: 42 µs an entry of a 100,000-entry tree with four objects
     each, 10 with one (``bench/bench_erofs.py``).
     """
-    links: dict[str, dict[int, int]] = {}  # source -> offset -> entries sharing it
-    for entry in entries:
-        if entry.kind is Kind.FILE and entry.offset:
-            counts = links.get(entry.source)
-            if counts is None:
-                counts = links[entry.source] = {}
-            counts[entry.offset] = counts.get(entry.offset, 0) + 1
+    links = hardlinks(entries)
     by_path: dict[str, _Inode] = {}
-    shared: dict[str, dict[int, _Inode]] = {source: {} for source, counts in links.items() if len(counts) < sum(counts.values())}
+    shared: dict[str, dict[int, _Inode]] = {source: {} for source in links}  # the inodes of hardlinks, made
     for entry in entries:
         kind = entry.kind
         if kind is Kind.FILE:
-            same = shared.get(entry.source) if entry.offset else None
-            node = same.get(entry.offset) if same is not None else None
-            if node is None:
-                node = _Inode(entry, entry.size, links[entry.source][entry.offset] if entry.offset else 1)
-                if same is not None and node.nlink > 1:
-                    same[entry.offset] = node
+            group = links.get(entry.source)
+            names = group.get(entry.offset) if group is not None else None
+            if names is None:
+                node = _Inode(entry, entry.size, 1)
+            else:
+                made = shared[entry.source]
+                node = made.get(entry.offset)
+                if node is None:
+                    node = made[entry.offset] = _Inode(entry, entry.size, names)
         elif kind is Kind.DIR:
             node = _Inode(entry, 0, 2)
             node.children = {}
