@@ -19,6 +19,7 @@ import pytest
 import zstandard
 
 from csi_driver import errors
+from csi_driver.content.store import Store
 from csi_driver.layout.rules import TITLE, Layer, Limits, build_tree, compression, depth_first, tar_path
 from csi_driver.layout.tree import LAYOUT_VERSION, blob_relpath, Entry, Kind
 from csi_driver.views import bind
@@ -76,6 +77,7 @@ def sample_entries(state: Path, owner: int | None = None) -> list[Entry]:
             member("ro", tarfile.DIRTYPE, mode=0o555),
             member("ro/inner", tarfile.DIRTYPE, mode=0o500),
             member("ro/inner/secret", data=b"s", mode=0o400),
+            member("zz/secret-link", tarfile.LNKTYPE, link="ro/inner/secret"),  # its target's dir is finished first
             member("tmp", tarfile.DIRTYPE, mode=0o1777, mtime=5),
             member("dev/null", tarfile.CHRTYPE),
             member("d" * 120 + "/" + "f" * 120, data=b"long"),
@@ -139,11 +141,11 @@ def test_files_get_their_modes_and_owners_whatever_the_umask(
     """A file is created with its final mode where the umask leaves it whole, and given it
     afterwards where not (or where the umask cannot be read); a foreign owner, always."""
     entries = sample_entries(tmp_path)
-    release = next(entry for entry in entries if entry.path == "etc/os-release")
+    blob = next(entry for entry in entries if entry.path == "docs/notes.txt")  # never a hardlink: a whole blob
     entries += [
-        release._replace(path="group-writable", mode=0o664),
-        release._replace(path="world-writable", mode=0o666, uid=NOBODY, gid=NOBODY),
-        release._replace(path="sticky", mode=0o1644),
+        blob._replace(path="group-writable", mode=0o664),
+        blob._replace(path="world-writable", mode=0o666, uid=NOBODY, gid=NOBODY),
+        blob._replace(path="sticky", mode=0o1644),
     ]
     entries.sort(key=depth_first)
     monkeypatch.setattr(bind, "_umask", lambda: umask)
@@ -177,6 +179,38 @@ def test_read_only_directories_with_children_work_without_privileges() -> None:
         assert_matches(state, tree_dir(state, DIGEST), entries)
     finally:
         shutil.rmtree(state)
+
+
+def test_hardlinks_are_one_inode_with_their_link_count(tmp_path: Path) -> None:
+    """A layer's hardlinks are linked, not copied: one inode, ``st_nlink`` its number of names, as
+    the other views show them, even when the first name's directory is finished (read-only) and
+    in another directory; two titles of one blob (an ORAS file, not a hardlink) stay two files."""
+    entries = sample_entries(tmp_path)
+    notes = next(entry for entry in entries if entry.path == "docs/notes.txt")
+    entries.append(notes._replace(path="docs/again.txt"))
+    root = materialize(tmp_path, DIGEST, entries)
+    assert_matches(tmp_path, root, entries)
+    big, hard = os.lstat(root / "usr/lib/big.so"), os.lstat(root / "usr/lib/hard")
+    assert (hard.st_ino, hard.st_nlink, big.st_nlink) == (big.st_ino, 2, 2)
+    secret, link = os.lstat(root / "ro/inner/secret"), os.lstat(root / "zz/secret-link")
+    assert (link.st_ino, link.st_nlink) == (secret.st_ino, 2)
+    again, first = os.lstat(root / "docs/again.txt"), os.lstat(root / "docs/notes.txt")
+    assert again.st_ino != first.st_ino and (again.st_nlink, first.st_nlink) == (1, 1)
+
+
+def test_the_budget_counts_a_hardlinked_file_once(tmp_path: Path) -> None:
+    """The extracted tree holds one copy of a hardlinked file, and so does what it is counted as."""
+    entries = sample_entries(tmp_path)
+    store = Store(tmp_path)
+    store.commit_tree(DIGEST, entries)
+    view = bind.BindView(store)
+    assert view.held_bytes(DIGEST) == 0  # not extracted yet
+    view.path_for(DIGEST)
+    on_disk = {(st.st_ino, st.st_size) for path in tree_dir(tmp_path, DIGEST).rglob("*")
+               if stat.S_ISREG((st := path.lstat()).st_mode)}  # fmt: skip
+    assert view.held_bytes(DIGEST) == sum(size for _, size in on_disk) == store.usage(DIGEST)[0] - (3 << 20) - 1
+    view.release(DIGEST)
+    assert view.held_bytes(DIGEST) == 0
 
 
 def test_materialize_is_idempotent(tmp_path: Path) -> None:

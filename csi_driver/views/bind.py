@@ -24,7 +24,7 @@ from pathlib import Path
 from csi_driver import errors
 from csi_driver.content.store import Store, fsync_path, syncfs_path
 from csi_driver.layout.rules import depth_first
-from csi_driver.layout.tree import LAYOUT_VERSION, ROOT, Entry, Kind
+from csi_driver.layout.tree import LAYOUT_VERSION, ROOT, Entry, Kind, hardlinks
 from csi_driver.reference import digest_hex
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -130,6 +130,9 @@ class _Builder:
         self.state_dir = state_dir
         self.root = root
         self.sources: dict[str, int] = {}
+        # The hardlinks (``hardlinks``), and the path each was first created at: its other names link to it.
+        self.links: dict[str, dict[int, int]] = {}
+        self.created: dict[tuple[str, int], str] = {}
         self.umask = _umask()
         self.owner = (os.geteuid(), os.getegid())
         # The open directories from the root down to the current entry's parent.
@@ -142,6 +145,7 @@ class _Builder:
         as its last descendant exists: deepest first, so neither a read-only
         directory nor the mtime change of creating a child gets in the way.
         """
+        self.links = hardlinks(entries)
         self.stack.append((ROOT, os.open(self.root, _DIR_FLAGS)))
         try:
             for entry in sorted(entries, key=depth_first):
@@ -172,17 +176,50 @@ class _Builder:
             os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
             mtime = entry.mtime * 1_000_000_000 + entry.mtime_nsec
             os.utime(name, ns=(mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
+        elif entry.source in self.links and entry.offset in self.links[entry.source]:
+            self._link(entry, name, dir_fd)
         else:
-            # Created with its final mode where the umask leaves it whole (the fd may write
-            # even so), and owned by us already in the common case: two syscalls of six fewer
-            # per file, ~10 % of a big tree's extraction (bench/RESULTS.md).
-            final = self.umask is not None and entry.mode == entry.mode & 0o777 & ~self.umask
-            fd = os.open(name, _FILE_FLAGS, entry.mode if final else 0o600, dir_fd=dir_fd)
-            try:
-                self._copy(entry, fd)
-                self._finish_fd(entry, fd, mode_set=final)
-            finally:
-                os.close(fd)
+            self._create_file(entry, name, dir_fd)
+
+    def _create_file(self, entry: Entry, name: str, dir_fd: int) -> None:
+        """A regular file, its bytes copied from the store."""
+        # Created with its final mode where the umask leaves it whole (the fd may write
+        # even so), and owned by us already in the common case: two syscalls of six fewer
+        # per file, ~10 % of a big tree's extraction (bench/RESULTS.md).
+        final = self.umask is not None and entry.mode == entry.mode & 0o777 & ~self.umask
+        fd = os.open(name, _FILE_FLAGS, entry.mode if final else 0o600, dir_fd=dir_fd)
+        try:
+            self._copy(entry, fd)
+            self._finish_fd(entry, fd, mode_set=final)
+        finally:
+            os.close(fd)
+
+    def _link(self, entry: Entry, name: str, dir_fd: int) -> None:
+        """A name of a hardlinked file: the file itself at its first name, a link to it at the
+        others (one copy on disk, and the link count and inode the other views show).
+
+        The first name's directory is opened again from the root, a component at a time with
+        O_NOFOLLOW, and the link made relative to it without following its last component either:
+        as everywhere here, no path is resolved through a symlink. That directory may be finished
+        already (read-only, its mtime set): a link changes only the directory it is made in (this
+        one, still open, whose mtime is set after) and the file's ctime. The ``syncfs`` before the
+        rename flushes links as it flushes files.
+        """
+        key = (entry.source, entry.offset)
+        first = self.created.get(key)
+        if first is None:
+            self._create_file(entry, name, dir_fd)
+            self.created[key] = entry.path
+            return
+        head, _, first_name = first.rpartition("/")
+        source_dir = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in head.split("/") if head else ():
+                parent, source_dir = source_dir, os.open(part, _DIR_FLAGS, dir_fd=source_dir)
+                os.close(parent)
+            os.link(first_name, name, src_dir_fd=source_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(source_dir)
 
     def _finish(self, entry: Entry, fd: int) -> None:
         """Give a directory whose contents all exist its final metadata, and close it."""
@@ -231,6 +268,7 @@ class BindView:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._bytes: dict[tuple[str, int], int] = {}  # (digest, layout) -> bytes of its extracted tree
 
     def path_for(self, digest: str) -> str:
         """The extraction of the digest's current tree (of the layout version the store records)."""
@@ -249,11 +287,35 @@ class BindView:
         return [tree for layout in range(1, LAYOUT_VERSION + 1) if (tree := tree_dir(self.store.root, digest, layout)).is_dir()]
 
     def held_bytes(self, digest: str) -> int:
-        """The unpacked size of the digest's extracted trees: copies the cache budget counts on top
-        of the store's blobs (an old extraction counted at the size of the current tree)."""
-        return self.store.usage(digest)[0] * len(self._extractions(digest))
+        """The bytes of the digest's extracted trees: copies the cache budget counts on top of the
+        store's blobs (an old extraction counted at the size of the current tree)."""
+        extractions = len(self._extractions(digest))
+        return self._tree_bytes(digest) * extractions if extractions else 0
+
+    def _tree_bytes(self, digest: str) -> int:
+        """The bytes of regular files an extraction of the digest's current tree holds: each
+        hardlinked file once, as it is on disk. The budget asks for every digest each time it
+        looks, so it is counted once per tree (its listing read once); a tree never changes."""
+        layout = self.store.layout(digest) or LAYOUT_VERSION
+        known = self._bytes.get((digest, layout))
+        if known is None:
+            entries = self.store.load_tree(digest)
+            links = hardlinks(entries)
+            counted: set[tuple[str, int]] = set()  # the hardlinked files counted already
+            known = 0
+            for entry in entries:
+                if entry.kind is Kind.FILE:
+                    if entry.source in links and entry.offset in links[entry.source]:
+                        if (entry.source, entry.offset) in counted:
+                            continue
+                        counted.add((entry.source, entry.offset))
+                    known += entry.size
+            self._bytes[(digest, layout)] = known
+        return known
 
     def release(self, digest: str) -> None:
         """Delete the digest's extracted trees (``remove``), before the store forgets the digest."""
         for tree in self._extractions(digest):
             remove(self.store.root, tree)
+        for key in [key for key in self._bytes if key[0] == digest]:
+            del self._bytes[key]
