@@ -385,6 +385,24 @@ def test_big_directory_lists_fully(server: Server, tree: Tree) -> None:
     assert os.stat(many).st_nlink == 2
 
 
+def test_hardlinks_are_one_inode_with_their_link_count_and_the_trees_root_counts_its_subdirectories(
+    server: Server, tree: Tree
+) -> None:
+    """The names of one layer member share an inode number and report their number as
+    ``st_nlink``, however they are reached; other files (a whole blob at offset 0 too) have an
+    inode each. A tree's root counts 2 + its subdirectories (a, bin, etc, many), as a volume's
+    root in the other views does."""
+    top = server.view / tree.digest
+    config, hard = os.lstat(top / "etc/config.json"), os.lstat(top / "etc/config-hardlink.json")
+    assert (hard.st_ino, hard.st_nlink, config.st_nlink) == (config.st_ino, 2, 2)
+    with os.scandir(top / "etc") as listing:
+        assert {entry.name: entry.inode() for entry in listing if "config" in entry.name} == {
+            "config.json": config.st_ino, "config-hardlink.json": config.st_ino}
+    files = [os.lstat(top / path) for path in ("empty", "notes.txt", "many/f0000", "many/f0001")]
+    assert len({st.st_ino for st in files}) == 4 and {st.st_nlink for st in files} == {1}
+    assert os.lstat(top).st_nlink == 2 + 4
+
+
 def test_other_users_read_through_allow_other_and_modes_are_enforced(server: Server, tree: Tree) -> None:
     script = textwrap.dedent(
         """
@@ -562,9 +580,10 @@ def committed_store(path: Path) -> Store:
 
 
 def test_a_trees_root_is_answered_before_the_tree_is_indexed_and_lookups_below_wait_for_it(tmp_path: Path) -> None:
-    """A publish's lookup of view/<digest> gets the root at once (``st_nlink`` 1: not counted);
-    the tree's nodes are built in the background and a lookup below the root waits for them.
-    Trees looked up one after the other, one implying directories, never share an inode."""
+    """A publish's lookup of view/<digest> gets the root at once (``st_nlink`` 1: not counted
+    yet, and not to be cached); the tree's nodes are built in the background and a lookup below
+    the root, or a getattr of it, waits for them. Trees looked up one after the other, one
+    implying directories, never share an inode."""
     fs = fusefs.TreeFS(committed_store(tmp_path / "state"))
 
     async def main() -> dict[str, os.stat_result]:
@@ -574,6 +593,7 @@ def test_a_trees_root_is_answered_before_the_tree_is_indexed_and_lookups_below_w
             assert fs._unindexed  # answered before the index exists
             root_b = await fs.lookup(1, DIGEST_B.encode(), None)
             found = {"a": root_a, "b": root_b, "c": await fs.lookup(1, DIGEST_C.encode(), None)}
+            found["a counted"] = await fs.getattr(root_a.st_ino, None)
             found["a/dir"] = await fs.lookup(root_a.st_ino, b"dir", None)
             found["a/dir/file"] = await fs.lookup(found["a/dir"].st_ino, b"file", None)
             ino = root_b.st_ino
@@ -583,7 +603,9 @@ def test_a_trees_root_is_answered_before_the_tree_is_indexed_and_lookups_below_w
         return found
 
     found = trio.run(main)
-    assert found["a"].st_nlink == found["b"].st_nlink == 1
+    assert found["a"].st_nlink == found["b"].st_nlink == 1 and found["a"].attr_timeout == 0
+    assert found["a counted"].st_nlink == 3 and found["a counted"].attr_timeout == fusefs.TREE_TIMEOUT
+    del found["a counted"]  # the same inode as "a"
     assert stat.S_IMODE(found["a/dir"].st_mode) == 0o750 and found["a/dir"].st_nlink == 2
     assert found["a/dir/file"].st_size == 3 and stat.S_IMODE(found["b/file"].st_mode) == 0o600
     inodes = [attr.st_ino for attr in found.values()]

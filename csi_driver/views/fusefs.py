@@ -60,7 +60,7 @@ import pyfuse3
 import trio
 
 from csi_driver.content.store import Store
-from csi_driver.layout.tree import ROOT, Entry, Kind
+from csi_driver.layout.tree import ROOT, Entry, Kind, hardlinks
 from csi_driver.mounts import kernel
 from csi_driver.reference import valid_digest
 from csi_driver.views import viewlock
@@ -87,7 +87,8 @@ class Node:
     """One inode of a loaded tree; ``children``/``names`` only for directories.
 
     ``names`` keeps the children in listing order, so a readdir offset is an index
-    into it (stable, because the tree never changes).
+    into it (stable, because the tree never changes). A file with hardlinks is one node,
+    a child of each of its names' directories (``parent`` is its first's); ``links`` counts them.
     """
 
     ino: int
@@ -96,6 +97,7 @@ class Node:
     children: dict[bytes, int] | None = None
     names: list[bytes] | None = None
     subdirs: int = 0
+    links: int = 1
 
 
 def build_tree(entries: list[Entry], root_ino: int, parent: int, first_ino: int) -> dict[int, Node]:
@@ -105,7 +107,9 @@ def build_tree(entries: list[Entry], root_ino: int, parent: int, first_ino: int)
 
     A parent directory the entries do not list is added as 0755, so a tree is
     always fully reachable; an entry below a non-directory cannot be reached and
-    is left out. One pass with the common case inline: every newly published tree is
+    is left out. The names of one inode (``hardlinks``) are one node, whose inode number
+    the kernel then finds under each of them; its ``links`` counts the names it is served
+    under. One pass with the common case inline: every newly published tree is
     indexed by this, and a lookup inside it waits for that (12,000 entries in ~8 ms).
     """
     root = Node(root_ino, entries[0] if entries and entries[0].path == "" else ROOT, parent, {}, [])
@@ -113,11 +117,20 @@ def build_tree(entries: list[Entry], root_ino: int, parent: int, first_ino: int)
     first_ino -= 1  # the root is in ``nodes`` already
     dirs: dict[str, Node] = {"": root}
     files: set[str] = set()  # non-directories: nothing can lie below them
+    links = hardlinks(entries)
+    linked: dict[str, dict[int, Node]] = {source: {} for source in links}  # the nodes of hardlinks, made
 
     def add(parent_node: Node, entry: Entry, name: str) -> Node:
         is_dir = entry.kind is Kind.DIR
-        node = Node(first_ino + len(nodes), entry, parent_node.ino, {} if is_dir else None, [] if is_dir else None)
-        nodes[node.ino] = node
+        group = linked.get(entry.source) if linked else None
+        node = group.get(entry.offset) if group is not None else None
+        if node is not None:  # another name of a hardlinked file
+            node.links += 1
+        else:
+            node = Node(first_ino + len(nodes), entry, parent_node.ino, {} if is_dir else None, [] if is_dir else None)
+            nodes[node.ino] = node
+            if group is not None and entry.offset in links[entry.source]:
+                group[entry.offset] = node
         raw = name.encode("utf-8", "surrogateescape")  # os.fsencode, without its checks per call
         parent_node.children[raw] = node.ino  # type: ignore[index]
         parent_node.names.append(raw)  # type: ignore[union-attr]
@@ -156,16 +169,16 @@ def attributes(node: Node) -> pyfuse3.EntryAttributes:
     attr = pyfuse3.EntryAttributes()
     attr.st_ino = node.ino
     attr.st_mode = _TYPE_BITS[entry.kind] | stat.S_IMODE(entry.mode)
-    # A tree's root (below the view's root) is not counted either: its lookup is answered
-    # before the tree is indexed (``TreeFS._tree_root``).
-    attr.st_nlink = 2 + node.subdirs if entry.kind is Kind.DIR and node.parent != pyfuse3.ROOT_INODE else 1
+    attr.st_nlink = node.links if entry.kind is not Kind.DIR else 2 + node.subdirs if node.children is not None else 1
     attr.st_uid = entry.uid
     attr.st_gid = entry.gid
     attr.st_size = len(os.fsencode(entry.link)) if entry.kind is Kind.SYMLINK else entry.size
     attr.st_blksize = BLOCK_SIZE
     attr.st_blocks = -(-attr.st_size // 512)
     attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime * 1_000_000_000 + entry.mtime_nsec
-    attr.attr_timeout = TREE_TIMEOUT
+    # A tree's root answered before its tree is indexed (``TreeFS._tree_root``) has no children
+    # to count yet: its ``st_nlink`` 1 ("not counted") is not cached, and a getattr waits for them.
+    attr.attr_timeout = TREE_TIMEOUT if node.children is not None or entry.kind is not Kind.DIR else 0.0
     # A tree's root is looked up anew at each walk from the view's root (module docstring).
     attr.entry_timeout = ROOT_TIMEOUT if node.parent == pyfuse3.ROOT_INODE else TREE_TIMEOUT
     return attr
@@ -314,8 +327,9 @@ class TreeFS(pyfuse3.Operations):
         The first lookup is answered from the root entry alone and the tree is indexed in the
         background: a publish waits for that lookup only, not for the nodes of every entry
         (~17 ms for 12,600 entries, bench/RESULTS.md); a lookup below the root waits for them
-        (``_indexed``). The root's inode and a range for the other entries are given out at
-        once, so that trees indexed meanwhile take other numbers.
+        (``_indexed``), and so does a getattr of the root, to count its subdirectories: the
+        lookup's answer says ``st_nlink`` 1, not to be cached. The root's inode and a range for
+        the other entries are given out at once, so that trees indexed meanwhile take other numbers.
         """
         layout = await self.store_thread.run(self.store.layout, digest)
         if layout is None:
@@ -433,6 +447,12 @@ class TreeFS(pyfuse3.Operations):
 
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """A tree's root is answered once its tree is indexed, to count its subdirectories: a
+        publish never asks (its lookup has the attributes), a pod's first look at its volume does;
+        should the index fail, the root is answered uncounted."""
+        if inode in self._unindexed:
+            with contextlib.suppress(pyfuse3.FUSEError):  # the failure is logged; lookups below retry
+                await self._indexed(inode)
         return await self._attributes(inode)
 
     @_guarded
