@@ -28,6 +28,7 @@ from csi_driver.layout.tree import LAYOUT_VERSION, ROOT, Entry, Kind, hardlinks
 from csi_driver.reference import digest_hex
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # to reach a directory, not read it
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # copy_file_range refuses some filesystem pairs; plain reads and writes always work.
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
@@ -201,9 +202,9 @@ class _Builder:
         The first name's directory is opened again from the root, a component at a time with
         O_NOFOLLOW, and the link made relative to it without following its last component either:
         as everywhere here, no path is resolved through a symlink. That directory may be finished
-        already (read-only, its mtime set): a link changes only the directory it is made in (this
-        one, still open, whose mtime is set after) and the file's ctime. The ``syncfs`` before the
-        rename flushes links as it flushes files.
+        already (its mtime set, perhaps unreadable: O_PATH needs no read permission): a link
+        changes only the directory it is made in (this one, still open, whose mtime is set after)
+        and the file's ctime. The ``syncfs`` before the rename flushes links as it flushes files.
         """
         key = (entry.source, entry.offset)
         first = self.created.get(key)
@@ -212,10 +213,10 @@ class _Builder:
             self.created[key] = entry.path
             return
         head, _, first_name = first.rpartition("/")
-        source_dir = os.open(self.root, _DIR_FLAGS)
+        source_dir = os.open(self.root, _PATH_FLAGS)
         try:
             for part in head.split("/") if head else ():
-                parent, source_dir = source_dir, os.open(part, _DIR_FLAGS, dir_fd=source_dir)
+                parent, source_dir = source_dir, os.open(part, _PATH_FLAGS, dir_fd=source_dir)
                 os.close(parent)
             os.link(first_name, name, src_dir_fd=source_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
         finally:
