@@ -141,6 +141,8 @@ def build_main_tree(state: Path) -> Tree:
         file("big.bin", 0o644),
         directory("bin"),
         file("bin/tool", 0o755),
+        Entry("bin/config-hardlink.json", Kind.FILE, 0o644, mtime=MTIME, size=9, source=layer,
+              offset=offsets["etc/config.json"]),  # a name of etc/config.json in another directory
         Entry("empty", Kind.FILE, 0o644, mtime=MTIME, size=0, source=layer, offset=0),
         directory("etc"),
         file("etc/config.json", 0o644),
@@ -157,7 +159,8 @@ def build_main_tree(state: Path) -> Tree:
         Entry("notes.txt", Kind.FILE, 0o644, mtime=MTIME, size=len(notes), source=notes_blob),
     ]
     contents = {path: data for path, (data, _) in members.items()}
-    contents |= {"empty": b"", "notes.txt": notes, "etc/config-hardlink.json": members["etc/config.json"][0]}
+    contents |= {"empty": b"", "notes.txt": notes, "etc/config-hardlink.json": members["etc/config.json"][0],
+                 "bin/config-hardlink.json": members["etc/config.json"][0]}
     contents |= {f"many/f{i:04d}": f"{i:04d}".encode() for i in range(1000)}
     return Tree(digest_of(b"main tree"), entries, contents)
 
@@ -389,12 +392,14 @@ def test_hardlinks_are_one_inode_with_their_link_count_and_the_trees_root_counts
     server: Server, tree: Tree
 ) -> None:
     """The names of one layer member share an inode number and report their number as
-    ``st_nlink``, however they are reached; other files (a whole blob at offset 0 too) have an
+    ``st_nlink``, from whichever directory they are reached; other files (a whole blob at offset 0 too) have an
     inode each. A tree's root counts 2 + its subdirectories (a, bin, etc, many), as a volume's
     root in the other views does."""
     top = server.view / tree.digest
+    elsewhere = os.lstat(top / "bin/config-hardlink.json")  # looked up first, from the other parent
     config, hard = os.lstat(top / "etc/config.json"), os.lstat(top / "etc/config-hardlink.json")
-    assert (hard.st_ino, hard.st_nlink, config.st_nlink) == (config.st_ino, 2, 2)
+    assert {(st.st_ino, st.st_nlink) for st in (config, hard, elsewhere)} == {(config.st_ino, 3)}
+    assert (top / "bin/config-hardlink.json").read_bytes() == b'{"a": 1}\n'
     with os.scandir(top / "etc") as listing:
         assert {entry.name: entry.inode() for entry in listing if "config" in entry.name} == {
             "config.json": config.st_ino, "config-hardlink.json": config.st_ino}
