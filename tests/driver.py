@@ -57,10 +57,12 @@ def cleanup_mounts_under(root: Path) -> None:
 
 @contextlib.contextmanager
 def run_driver(
-    tmp: Path, registry: str, mode: str, extra: list[str] | None = None, source: Path | None = None
+    tmp: Path, registry: str, mode: str, extra: list[str] | None = None, source: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Driver]:
     """``serve`` on a state dir under ``tmp``; ``source``: a directory holding another version's
-    ``csi_driver`` to run instead of this one (a bench's baseline; ``-m`` finds it in the cwd)."""
+    ``csi_driver`` to run instead of this one (a bench's baseline; ``-m`` finds it in the cwd);
+    ``env``: variables to set for it on top of ours."""
     state = tmp / "state"
     socket = tmp / "csi" / "csi.sock"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,7 @@ def run_driver(
         *(extra or []),
     ]  # fmt: skip
     with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=source)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=source, env={**os.environ, **(env or {})})
     try:
         _wait_for_socket(socket, process, log)
         channel = grpc.insecure_channel(f"unix://{socket}")

@@ -20,7 +20,9 @@ import grpc
 import pytest
 
 import fixtures_tools as ft
+from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
+from csi_driver.views import erofs, erofsmount
 from driver import Driver, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
 
@@ -465,3 +467,18 @@ def test_every_view_presents_identical_trees_for_every_kind(
                 assert links == names, f"{name}: {path} has {links} links and {names} names in the volume"
         if name in ("oci_image", "docker_schema2_image", "zstd_image"):  # umoci's layers hold two hardlinks
             assert [stats["bind"][path][1:] for path in ("bin/busybox.hard", "etc/hostname.hard")] == [(2, 2)] * 2, name
+
+
+def test_oci_image_over_loop_devices_is_the_file_backed_erofs_tree(
+    registry: str, drivers, oci_image: ft.Fixture, kubelet_root: Path, tmp_path: Path
+) -> None:
+    """The erofs view as kernels before 6.12 get it (the image and each of the five layer tars on a
+    loop device of its own): the same names, bytes, modes, owners, mtimes and link counts."""
+    with run_driver(tmp_path, registry, "erofs", env={erofsmount.FORCE_BACKING: "loop"}) as loop_driver:
+        over_loops = published_tree(loop_driver, oci_image, kubelet_root, "pod-loop", look_at_volume)
+        (digest,) = Store(loop_driver.state_dir).committed_digests()
+        info = kernel.find_mount(str(erofs.mount_dir(loop_driver.state_dir, digest)))
+        assert info is not None and erofsmount.loop_backing_file(info.source) == str(erofs.image_path(loop_driver.state_dir, digest))
+    file_backed = published_tree(drivers["erofs"], oci_image, kubelet_root, "pod-file", look_at_volume)
+    assert_same_tree(over_loops[0], oci_image.expected, "oci image over loop devices")
+    assert over_loops == file_backed

@@ -16,10 +16,11 @@ from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver.content.cache import cache_bytes
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
-from csi_driver.views import bind, erofs
+from csi_driver.views import bind, erofs, erofsmount
 from csi_driver.views.choose import Copies
 from driver import run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
+from test_erofs_mount import loops_serving
 from test_publish import expected_walk
 from test_restarts import big_layer
 
@@ -87,6 +88,23 @@ def test_gc_removes_unused_content_oldest_first_and_keeps_what_is_in_use(
         again = publish_request(target_for(kubelet_root, "pod-again", "image"), {"reference": images[0].reference})
         d.publish(again)
         assert (Path(again.target_path) / "data/0000.bin").read_bytes() == own[0][512 : 512 + (1 << 20)]
+
+
+def test_gc_of_a_loop_backed_erofs_digest_frees_its_loop_devices(registry: str, tmp_path: Path, kubelet_root: Path) -> None:
+    """Unmounting the image is what detaches its loop devices (autoclear): none is left serving
+    the digest's image or tars once gc removed it."""
+    image = push_image(registry, "cache/loop:v1", [(big_layer(1 << 20, seed=7), TAR)], tmp_path / "p")
+    request = publish_request(target_for(kubelet_root, "pod-loop", "image"), {"reference": image.reference})
+    with run_driver(tmp_path, registry, "erofs", env={erofsmount.FORCE_BACKING: "loop"}) as d:
+        d.publish(request)
+        (digest,) = Store(d.state_dir).committed_digests()
+        assert len(loops_serving(d.state_dir)) == 2  # the image and its tar
+        d.unpublish(unpublish_request(request))
+        assert len(loops_serving(d.state_dir)) == 2  # unpublish leaves the digest's mount
+        out = cache_gc(d.state_dir, "--cache-max-bytes", "1")
+        assert re.search(rf"^removed +{digest} ", out, re.MULTILINE)
+        assert loops_serving(d.state_dir) == {}
+        assert not view_copy_exists("erofs", d.state_dir, digest)
 
 
 def test_gc_says_why_it_kept_what_it_kept_in_human_units(registry: str, tmp_path: Path, kubelet_root: Path) -> None:

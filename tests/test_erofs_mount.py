@@ -5,7 +5,8 @@ Real tars (Python's tarfile) in a state dir laid out as the store keeps them, en
 file-backed with the layer tars as its extra devices by ``erofsmount.mount``. No ``fsck.erofs``
 that reads 512-byte blocks is packaged for Debian bookworm (erofs-utils 1.5 refuses them): the
 kernel's mount and a comparison of every byte, mode, owner, mtime, link count and name is the
-validator.
+validator. The same image is mounted over loop devices too (``backing="loop"``, what kernels
+before 6.12 need), which this kernel does as well as file-backed.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ def devices(state: Path, entries: Sequence[Entry]) -> list[erofsimage.Device]:
 
 
 @contextlib.contextmanager
-def mounted(state: Path, entries: Sequence[Entry], direct_io: bool = False) -> Iterator[Path]:
+def mounted(state: Path, entries: Sequence[Entry], direct_io: bool = False, backing: str = "file") -> Iterator[Path]:
     """The image of ``entries`` mounted, its devices being the store files they read from."""
     table = devices(state, entries)
     image = state / "image.erofs"
     erofsimage.write(image, entries, table, erofsimage.reader(state))
     target = state / "mnt"
     target.mkdir(exist_ok=True)
-    erofsmount.mount(image, [state / device.source for device in table], target, direct_io=direct_io)
+    erofsmount.mount(image, [state / device.source for device in table], target, direct_io=direct_io, backing=backing)
     try:
         yield target
     finally:
@@ -148,11 +149,12 @@ def rich_members() -> list:
     ]
 
 
-def test_mounted_tree_matches_the_tar_bytes_modes_owners_mtimes_links(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backing", erofsmount.BACKINGS)
+def test_mounted_tree_matches_the_tar_bytes_modes_owners_mtimes_links(tmp_path: Path, backing: str) -> None:
     members = rich_members()
     layer = put_tar(tmp_path, members, OCI_TAR)
     entries = build_tree(tmp_path, [layer], Limits())
-    with mounted(tmp_path, entries) as root:
+    with mounted(tmp_path, entries, backing=backing) as root:
         assert_same_tree(tmp_path, entries, root)
         assert_matches_tar(tar_bytes(members), root)
         assert os.stat(root / "d" / "hard").st_nlink == 3
@@ -179,14 +181,15 @@ def test_layers_are_devices_and_later_layers_win(tmp_path: Path) -> None:
         assert not (root / "gone").exists()
 
 
-def test_tar_ending_right_after_its_last_files_data_reads_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backing", erofsmount.BACKINGS)
+def test_tar_ending_right_after_its_last_files_data_reads_whole(tmp_path: Path, backing: str) -> None:
     raw = tar_bytes([file("first", b"1" * 600), file("last", bytes(range(251)) * 40)])
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
         last = archive.getmember("last")
     cut = raw[: last.offset_data + last.size]  # no padding, no end-of-archive blocks (umoci 0.4)
-    layer = put_blob(tmp_path, cut, OCI_TAR)
+    layer = put_blob(tmp_path, cut, OCI_TAR)  # over a loop device, the partial last sector is not even there
     entries = build_tree(tmp_path, [layer], Limits())
-    with mounted(tmp_path, entries) as root:
+    with mounted(tmp_path, entries, backing=backing) as root:
         assert_same_tree(tmp_path, entries, root)
         assert (root / "last").read_bytes() == bytes(range(251)) * 40
 
@@ -238,15 +241,18 @@ def test_file_over_4_gib_reads_at_every_offset(tmp_path: Path) -> None:
         assert os.pread(big.fileno(), 100, size - 5) == b"end!!"
 
 
-def test_many_layers_with_long_paths(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backing", erofsmount.BACKINGS)
+def test_many_layers_with_long_paths(tmp_path: Path, backing: str) -> None:
     state = tmp_path / ("long-state-dir-" + "x" * 100) / ("y" * 100)  # device paths over 255 bytes
     state.mkdir(parents=True)
     layers = [put_tar(state, [file(f"layer{i:03d}", f"layer {i}".encode() * (i + 1))], OCI_TAR) for i in range(128)]
     entries = build_tree(state, layers, Limits())
     assert len(erofsimage.sources(entries)) == 128
     assert len(os.fsencode(state / erofsimage.sources(entries)[0])) > 255
-    with mounted(state, entries) as root:
+    with mounted(state, entries, backing=backing) as root:
         assert_same_tree(state, entries, root)
+        if backing == "loop":
+            assert len(loops_serving(state)) == 129  # the image and every tar
 
 
 def test_five_thousand_devices(tmp_path: Path) -> None:
@@ -271,6 +277,41 @@ def test_mount_is_read_only_nosuid_nodev_and_names_its_image(tmp_path: Path) -> 
         assert {"ro", "nosuid", "nodev"} <= info.options
         with pytest.raises(OSError):
             (root / "new").write_bytes(b"")
+
+
+def loops_serving(under: Path) -> dict[str, str]:
+    """Every attached loop device whose backing file is below ``under`` → that file."""
+    found = {}
+    for backing_file in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(FileNotFoundError):  # detached while we look
+            path = backing_file.read_text().rstrip("\n")
+            if path.startswith(f"{under}/"):
+                found[f"/dev/{backing_file.parent.parent.name}"] = path
+    return found
+
+
+def test_loop_backed_mount_names_a_loop_device_of_its_image_read_only_direct_io(tmp_path: Path) -> None:
+    layer = put_tar(tmp_path, [file("a", b"a" * 5000)], OCI_TAR)
+    entries = build_tree(tmp_path, [layer], Limits())
+    with mounted(tmp_path, entries, direct_io=True, backing="loop") as root:
+        info = kernel.find_mount(os.fspath(root))
+        assert info is not None and info.fs_type == "erofs" and {"ro", "nosuid", "nodev"} <= info.options
+        loops = loops_serving(tmp_path)
+        assert loops[info.source] == os.fspath(tmp_path / "image.erofs")
+        assert sorted(loops.values()) == sorted([os.fspath(tmp_path / "image.erofs"), os.fspath(tmp_path / erofsimage.sources(entries)[0])])
+        for device in loops:
+            queue = Path("/sys/block") / os.path.basename(device)
+            assert (queue / "ro").read_text() == "1\n" and (queue / "loop/autoclear").read_text() == "1\n"
+            assert (queue / "loop/dio").read_text() == "1\n", device
+            assert (queue / "queue/logical_block_size").read_text() == "512\n"
+        assert (root / "a").read_bytes() == b"a" * 5000
+
+
+def test_unmounting_a_loop_backed_image_frees_its_loop_devices(tmp_path: Path) -> None:
+    layers = [put_tar(tmp_path, [file(f"f{i}", b"x")], OCI_TAR) for i in range(3)]
+    with mounted(tmp_path, build_tree(tmp_path, layers, Limits()), backing="loop"):
+        assert len(loops_serving(tmp_path)) == 4
+    assert loops_serving(tmp_path) == {}
 
 
 def test_direct_io_mount_reads_the_same_bytes(tmp_path: Path) -> None:
@@ -306,7 +347,8 @@ def test_a_device_count_other_than_the_images_is_refused(tmp_path: Path) -> None
         assert not kernel.is_mount_point(os.fspath(target))
 
 
-def test_kernel_refusal_carries_its_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backing", erofsmount.BACKINGS)
+def test_kernel_refusal_carries_its_message_and_leaves_no_loop_device(tmp_path: Path, backing: str) -> None:
     image = tmp_path / "image.erofs"
     erofsimage.write(image, [ROOT], [], erofsimage.reader(tmp_path))
     raw = bytearray(image.read_bytes())
@@ -315,18 +357,51 @@ def test_kernel_refusal_carries_its_message(tmp_path: Path) -> None:
     target = tmp_path / "mnt"
     target.mkdir()
     with pytest.raises(OSError, match="mounting"):
-        erofsmount.mount(image, [], target)
+        erofsmount.mount(image, [], target, backing=backing)
     assert not kernel.is_mount_point(os.fspath(target))
+    assert loops_serving(tmp_path) == {}
 
 
-def test_probe_mounts_a_tiny_image_and_leaves_nothing(tmp_path: Path) -> None:
-    ok, why = erofsmount.probe(tmp_path)
-    assert ok, why
+@pytest.mark.parametrize("backing", erofsmount.BACKINGS)
+def test_probe_mounts_a_tiny_image_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backing: str) -> None:
+    monkeypatch.setenv(erofsmount.FORCE_BACKING, backing)
+    assert erofsmount.probe(tmp_path) == (backing, f"EROFS {backing}-backed mounts with extra devices work")
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not any(info.fs_type == "erofs" and info.mount_point.startswith(os.fspath(tmp_path)) for info in kernel.mount_table())
+    assert loops_serving(tmp_path) == {}
+
+
+def test_probe_prefers_file_backed_mounts(tmp_path: Path) -> None:
+    assert erofsmount.probe(tmp_path) == ("file", "EROFS file-backed mounts with extra devices work")
+
+
+def refuse_file_backed_mounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel answers as one before 6.12 (or without CONFIG_EROFS_FS_BACKED_BY_FILE), which
+    refuses a regular file as the source: the source it is handed is /dev/null instead, neither a
+    block device nor a regular file, unless it is a loop device."""
+    real = erofsmount._syscall
+
+    def syscall(name: str, *args: object) -> int:
+        if name == "fsconfig" and args[2] == b"source" and not args[3].startswith(b"/dev/loop"):
+            args = (*args[:3], b"/dev/null", *args[4:])
+        return real(name, *args)
+
+    monkeypatch.setattr(erofsmount, "_syscall", syscall)
+
+
+def test_probe_falls_back_to_loop_devices_where_file_backed_mounts_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refuse_file_backed_mounts(monkeypatch)
+    backing, why = erofsmount.probe(tmp_path)
+    assert backing == "loop", why
+    assert why.startswith("EROFS file-backed mounts do not work here: ") and "mounting" in why
+    assert why.endswith("; EROFS loop-backed mounts with extra devices work")
+    assert loops_serving(tmp_path) == {}
 
 
 def test_probe_says_why_it_failed(tmp_path: Path) -> None:
     (tmp_path / "tmp").write_bytes(b"not a directory")
-    ok, why = erofsmount.probe(tmp_path)
-    assert not ok and "do not work here" in why
+    backing, why = erofsmount.probe(tmp_path)
+    assert backing is None
+    assert "EROFS file-backed mounts do not work here" in why and "EROFS loop-backed mounts do not work here" in why

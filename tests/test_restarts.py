@@ -28,9 +28,10 @@ from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver._pb import csi_pb2
 from csi_driver.content.store import Store
 from csi_driver.mounts import kernel
-from csi_driver.views import erofs, fuse
+from csi_driver.views import erofs, erofsmount, fuse
 from driver import Driver, cleanup_mounts_under, run_driver, walk
 from kubelet import publish_request, target_for, unpublish_request
+from test_erofs_mount import loops_serving
 from test_publish import expected_walk
 
 PLUGIN_FILE = ".claude-plugin/plugin.json"
@@ -80,11 +81,11 @@ def stats(driver: Driver, request) -> csi_pb2.NodeGetVolumeStatsResponse:
 
 @contextlib.contextmanager
 def killed_after_publishing(
-    mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
+    mode: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path, env: dict[str, str] | None = None
 ) -> Iterator[tuple[Driver, csi_pb2.NodePublishVolumeRequest]]:
     """A driver that published the plugin for pod-1 and was then SIGKILLed; the driver and the request."""
     request = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    with run_driver(tmp_path, registry, mode) as driver:
+    with run_driver(tmp_path, registry, mode, env=env) as driver:
         driver.publish(request)
         driver.process.send_signal(signal.SIGKILL)
         driver.process.wait()
@@ -100,10 +101,10 @@ def test_volumes_stay_readable_while_serve_is_killed_and_restarted(
         restart_serve_and_unpublish(tmp_path, registry, mode, request)
 
 
-def restart_serve_and_unpublish(tmp_path: Path, registry: str, mode: str, request) -> None:
+def restart_serve_and_unpublish(tmp_path: Path, registry: str, mode: str, request, env: dict[str, str] | None = None) -> None:
     """A new ``serve``: the volume reads as published, through exactly one mount; unpublish removes it."""
     target = Path(request.target_path)
-    with run_driver(tmp_path, registry, mode) as second:
+    with run_driver(tmp_path, registry, mode, env=env) as second:
         assert walk(target) == expected_walk(PLUGIN_TREE)
         assert mounts_at(target) == 1
         second.unpublish(unpublish_request(request))
@@ -355,13 +356,43 @@ def test_after_a_reboot_serve_binds_every_recorded_target_again(
         restart_serve_and_unpublish(tmp_path, registry, mode, request)
 
 
-def test_an_erofs_image_an_admin_unmounted_is_mounted_again_for_the_next_volume(
+def serves_image(info: kernel.MountInfo | None, image: Path) -> bool:
+    """An erofs mount of ``image``: its source is the image, or a loop device serving it."""
+    if info is None or info.fs_type != "erofs":
+        return False
+    return info.source == str(image) or erofsmount.loop_backing_file(info.source) == str(image)
+
+
+def test_after_a_reboot_serve_mounts_a_loop_backed_image_again_and_binds_the_volume(
     registry: str, plugin, tmp_path: Path, kubelet_root: Path
 ) -> None:
+    """Reconcile re-mounts the digest's image over new loop devices before it re-binds the record;
+    the old ones went with the mounts (autoclear)."""
+    env = {erofsmount.FORCE_BACKING: "loop"}
+    with killed_after_publishing("erofs", registry, plugin, tmp_path, kubelet_root, env) as (first, request):
+        (digest,) = Store(first.state_dir).committed_digests()
+        image = erofs.image_path(first.state_dir, digest)
+        assert serves_image(kernel.find_mount(str(erofs.mount_dir(first.state_dir, digest))), image)
+        cleanup_mounts_under(tmp_path)
+        assert mounts_at(Path(request.target_path)) == 0
+        assert not loops_serving(first.state_dir)
+        target = Path(request.target_path)
+        with run_driver(tmp_path, registry, "erofs", env=env) as second:
+            assert walk(target) == expected_walk(PLUGIN_TREE) and mounts_at(target) == 1
+            assert serves_image(kernel.find_mount(str(erofs.mount_dir(second.state_dir, digest))), image)
+            assert len(loops_serving(second.state_dir)) == 2  # the image and the plugin's one layer
+            second.unpublish(unpublish_request(request))
+
+
+@pytest.mark.parametrize("backing", erofsmount.BACKINGS)
+def test_an_erofs_image_an_admin_unmounted_is_mounted_again_for_the_next_volume(
+    backing: str, registry: str, plugin, tmp_path: Path, kubelet_root: Path
+) -> None:
     """The volume's bind keeps the file system alive without the per-digest mount; the next
-    publish of the digest finds it missing in the mount table and mounts the image again."""
+    publish of the digest finds it missing in the mount table and mounts the image again, and
+    the one after that finds it there (a loop device serving the image is the image's mount)."""
     first = publish_request(target_for(kubelet_root, "pod-1", "plugin"), {"reference": plugin.reference})
-    with run_driver(tmp_path, registry, "erofs") as d:
+    with run_driver(tmp_path, registry, "erofs", env={erofsmount.FORCE_BACKING: backing}) as d:
         d.publish(first)
         (digest,) = Store(d.state_dir).committed_digests()
         view = erofs.mount_dir(d.state_dir, digest)
@@ -370,10 +401,12 @@ def test_an_erofs_image_an_admin_unmounted_is_mounted_again_for_the_next_volume(
         assert walk(Path(first.target_path)) == expected_walk(PLUGIN_TREE)
         second = publish_request(target_for(kubelet_root, "pod-2", "plugin"), {"reference": plugin.reference})
         d.publish(second)
-        info = kernel.find_mount(str(view))
-        assert info is not None and (info.fs_type, info.source) == ("erofs", str(erofs.image_path(d.state_dir, digest)))
+        assert serves_image(kernel.find_mount(str(view)), erofs.image_path(d.state_dir, digest))
         assert walk(Path(second.target_path)) == expected_walk(PLUGIN_TREE)
-        for request in (first, second):
+        third = publish_request(target_for(kubelet_root, "pod-3", "plugin"), {"reference": plugin.reference})
+        d.publish(third)
+        assert mounts_at(view) == 1
+        for request in (first, second, third):
             d.unpublish(unpublish_request(request))
 
 

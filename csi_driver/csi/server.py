@@ -153,10 +153,10 @@ def serve(opts: ServeOptions) -> int:
     """Serve until SIGTERM/SIGINT; then stop serving, keep every mount, return 0."""
     os.makedirs(opts.state_dir, exist_ok=True)
     store = Store(opts.state_dir)
-    mode, why = choose(opts.mode, store.root)
+    mode, why, backing = choose(opts.mode, store.root)
     log.info("data plane: %s view, because %s", mode, why)
     metrics.VIEW_MODE.labels(mode).set(1)
-    view = open_view(mode, store)
+    view = open_view(mode, store, backing)
     publications = Publications(opts.state_dir)
     store.remove_temp_files()
     store.remove_unused_blobs(older_than=time.time())  # nothing is in flight yet: partial pulls go

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from csi_driver.content.store import Store
 from csi_driver.views import erofsmount
@@ -40,27 +41,34 @@ class Copies:
             view.release(digest)
 
 
-def choose(mode: str, state_dir: Path) -> tuple[str, str]:
+class Choice(NamedTuple):
+    mode: str  # erofs, fuse or bind
+    why: str  # for the log
+    backing: str = ""  # erofs: file or loop (erofsmount.BACKINGS)
+
+
+def choose(mode: str, state_dir: Path) -> Choice:
     """The view to serve for ``--mode``, and why, for the log. ``auto``: erofs where the kernel
-    mounts a tiny image written in the state dir (``erofsmount.probe``), else fuse where
-    /dev/fuse exists, else bind. An explicit ``erofs`` the kernel cannot serve is an error
-    (SystemExit) rather than a silent other view."""
+    mounts a tiny image written in the state dir (``erofsmount.probe``: file-backed, else over loop
+    devices), else fuse where /dev/fuse exists, else bind. An explicit ``erofs`` the kernel cannot
+    serve is an error (SystemExit) rather than a silent other view."""
     if mode == "erofs" or mode == "auto":
-        works, why = erofsmount.probe(state_dir)
-        if works:
-            return "erofs", f"{why} ({'--mode erofs' if mode == 'erofs' else 'auto: the first choice'})"
+        backing, why = erofsmount.probe(state_dir)
+        if backing is not None:
+            return Choice("erofs", f"{why} ({'--mode erofs' if mode == 'erofs' else 'auto: the first choice'})", backing)
         if mode == "erofs":
             raise SystemExit(f"oci-volume-csi serve: --mode erofs: {why}; use --mode auto, fuse or bind")
         if os.path.exists(FUSE_DEVICE):
-            return "fuse", f"auto: {why}; {FUSE_DEVICE} exists"
-        return "bind", f"auto: {why}; there is no {FUSE_DEVICE}"
-    return mode, f"--mode {mode}"
+            return Choice("fuse", f"auto: {why}; {FUSE_DEVICE} exists")
+        return Choice("bind", f"auto: {why}; there is no {FUSE_DEVICE}")
+    return Choice(mode, f"--mode {mode}")
 
 
-def open_view(mode: str, store: Store) -> View:
-    """The view of ``mode`` (erofs, fuse or bind, as ``choose`` picked it), ready for publishes."""
+def open_view(mode: str, store: Store, backing: str = "file") -> View:
+    """The view of ``mode`` (erofs, fuse or bind, as ``choose`` picked it), ready for publishes;
+    ``backing``: the erofs view's."""
     if mode == "erofs":
-        return ErofsView(store)
+        return ErofsView(store, backing)
     if mode == "fuse":
         view = FuseView(store)
         view.ensure_running()

@@ -9,12 +9,13 @@ every read straight from the stored tars: no process sits in the data path and n
 copied, so a crash, restart or upgrade of the driver touches no mount (docs/processes.md).
 
 Whether a digest is mounted is read from the mount table (an ``erofs`` mount at its mountpoint
-whose source is its image), never assumed: after a node reboot or an admin's umount the next
-``path_for`` (reconcile calls it before re-binding a record) mounts it again. The kernel
-generates the whole table for every read (about 1 ms with 1,000 volumes mounted), so once a
-mount is found to be ours its device number is remembered, and a later publish only compares
-``stat(mountpoint).st_dev`` with it: an unmounted mountpoint shows the parent file system's
-device and any new mount a new one, and either sends the check back to the table.
+whose source is its image, or a loop device serving its image), never assumed: after a node
+reboot or an admin's umount the next ``path_for`` (reconcile calls it before re-binding a record)
+mounts it again. The kernel generates the whole table for every read (about 1 ms with 1,000
+volumes mounted), so once a mount is found to be ours its device number is remembered, and a
+later publish only compares ``stat(mountpoint).st_dev`` with it: an unmounted mountpoint shows
+the parent file system's device and any new mount a new one, and either sends the check back to
+the table.
 """
 
 from __future__ import annotations
@@ -49,22 +50,27 @@ def mount_dir(state_dir: Path, digest: str, layout: int = LAYOUT_VERSION) -> Pat
 def _ours(info: kernel.MountInfo | None, image: Path) -> bool:
     """Whether a mount is the digest's image: file system erofs, source the image's path (as
     ``erofsmount`` passed it: a path too long for a mount option was passed as a
-    ``/proc/self/fd`` path ending in the image's name)."""
+    ``/proc/self/fd`` path ending in the image's name), or a loop device whose backing file is
+    the image (a loop-backed mount, whichever backing serves now)."""
     if info is None or info.fs_type != EROFS_FS_TYPE:
         return False
     path = os.fspath(image)
+    if (backing_file := erofsmount.loop_backing_file(info.source)) is not None:
+        return backing_file == path
     if len(os.fsencode(path)) <= erofsmount.MAX_OPTION_BYTES:
         return info.source == path
     return info.source.startswith("/proc/self/fd/") and info.source.endswith("/" + image.name)
 
 
 class ErofsView:
-    """Volumes are read-only binds of the digest's EROFS mount, written and mounted at its first publish."""
+    """Volumes are read-only binds of the digest's EROFS mount, written and mounted at its first
+    publish, ``backing`` ``file`` or ``loop`` (``erofsmount``; the one its probe found working)."""
 
     mode = "erofs"
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backing: str = "file") -> None:
         self.store = store
+        self.backing = backing
         self._devices: dict[Path, int] = {}  # mountpoint -> st_dev of the mount found to be ours
 
     def mounted(self, digest: str, layout: int = LAYOUT_VERSION) -> bool:
@@ -105,7 +111,7 @@ class ErofsView:
                 devices = [erofsimage.Device(source, (root / source).stat().st_size) for source in sources]
                 erofsimage.write(image, entries, devices, erofsimage.reader(root))
             target.mkdir(parents=True, exist_ok=True)
-            erofsmount.mount(image, [root / source for source in sources], target, direct_io=DIRECT_IO)
+            erofsmount.mount(image, [root / source for source in sources], target, direct_io=DIRECT_IO, backing=self.backing)
         except FileNotFoundError as exc:
             raise errors.DataLoss(
                 f"the store file {exc.filename} that {digest} needs is missing; the store is damaged: "
@@ -115,7 +121,7 @@ class ErofsView:
             raise errors.Internal(f"mounting the EROFS view of {digest} failed: {exc}") from exc
         except ValueError as exc:
             raise errors.InvalidArgument(f"{digest} cannot be shown as an EROFS image: {exc}; use --mode fuse") from exc
-        log.info("mounted the EROFS view of %s at %s", digest, target)
+        log.info("mounted the EROFS view of %s at %s (%s-backed)", digest, target, self.backing)
 
     def healthy(self) -> bool:
         return True

@@ -1,5 +1,8 @@
 """Mounting an EROFS metadata image (``erofsimage.py``) with its layer tars as extra devices.
 
+Two backings, both read-only, both from the same image (``probe`` picks the first that works):
+``file`` (the image and tars as regular files) and ``loop`` (each attached to a loop device).
+
 File-backed (Linux 6.12+, ``CONFIG_EROFS_FS_BACKED_BY_FILE``): the image is the source and each
 tar a ``device=``, all regular files, no loop device. The new mount API is called directly
 (``fsopen``/``fsconfig``/``fsmount``/``move_mount`` through ctypes), because ``mount(8)`` attaches
@@ -13,6 +16,13 @@ every chunk from the image itself: wrong bytes, no error), so the device count i
 against the image's superblock before the file system is created; with one or more, the kernel
 refuses a count that differs. (Nothing visible after the mount tells the two apart: neither
 statfs nor the mount table's options differ.)
+
+Loop-backed (Linux 6.4-6.11, or a kernel without ``CONFIG_EROFS_FS_BACKED_BY_FILE``): the image
+and every tar are attached to a loop device each (``LOOP_CONFIGURE``: read-only, 512-byte blocks,
+autoclear, optionally direct I/O), and the mount's source and ``device=`` options are the loop
+devices. Autoclear frees each device when its last user closes it: the mount, once this process
+has closed its own descriptors, so unmounting the image is what frees them (and a failed mount
+frees them at once). Which file a loop device serves is ``/sys/block/loopN/loop/backing_file``.
 """
 
 from __future__ import annotations
@@ -21,9 +31,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import platform
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,6 +58,18 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 MAX_OPTION_BYTES = 255  # fsconfig's strndup_user limit is 256 bytes with the NUL
+BACKINGS = ("file", "loop")  # what ``probe`` tries, in this order
+FORCE_BACKING = "OCI_VOLUME_CSI_EROFS_BACKING"  # internal: the tests' way to probe one backing only
+
+# <linux/loop.h>
+LOOP_CONTROL = "/dev/loop-control"
+LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
+LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO = 1, 4, 16
+# struct loop_config: fd, block_size, struct loop_info64 (device, inode, rdevice, offset,
+# sizelimit; number, encrypt_type, encrypt_key_size, flags; file_name, crypt_name, encrypt_key;
+# init[2]), __reserved[8]
+LOOP_CONFIG = struct.Struct("=II5Q4I64s64s32s2Q64x")
+LOOP_ATTACH_TRIES = 64  # another process may take the free device between GET_FREE and CONFIGURE
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -107,20 +131,73 @@ class _ShortPaths:
         self._dirs.clear()
 
 
-def mount(image: Path, devices: Sequence[Path], target: Path, direct_io: bool = False) -> None:
-    """Mount ``image`` read-only (nosuid, nodev) on ``target``, ``devices`` in the image's order.
+def loop_device(path: Path, direct_io: bool) -> int:
+    """An open descriptor of a loop device newly attached to ``path``: read-only, 512-byte blocks
+    (the image's), autoclear (freed when its last user closes it), with ``direct_io`` reading the
+    file with O_DIRECT (the kernel quietly keeps buffered I/O where the file's alignment does not
+    allow it; ``/sys/block/loopN/loop/dio`` says which). ``/dev/loop<N>`` is its name."""
+    flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | (LO_FLAGS_DIRECT_IO if direct_io else 0)
+    backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        config = LOOP_CONFIG.pack(backing, 512, 0, 0, 0, 0, 0, 0, 0, 0, flags, os.fsencode(path)[:63], b"", b"", 0, 0)
+        control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(LOOP_ATTACH_TRIES):
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+                device = os.open(f"/dev/loop{number}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(device, LOOP_CONFIGURE, config)
+                    return device
+                except OSError as exc:
+                    os.close(device)
+                    if exc.errno != errno.EBUSY:
+                        raise OSError(exc.errno, f"attaching {path} to /dev/loop{number}: {exc.strerror}") from None
+            raise OSError(errno.EBUSY, f"attaching {path}: every free loop device was taken first")
+        finally:
+            os.close(control)
+    finally:
+        os.close(backing)  # the loop device holds the file now
 
-    ``direct_io`` reads the devices with O_DIRECT (the ``directio`` option, Linux 6.12+): the
-    tars' bytes are then cached once, in the EROFS files' page cache, not also in the tars'.
+
+def loop_name(device_fd: int) -> str:
+    """``/dev/loopN`` of an open loop device."""
+    return f"/dev/loop{os.minor(os.fstat(device_fd).st_rdev)}"
+
+
+def loop_backing_file(source: str) -> str | None:
+    """The file a loop device (``/dev/loopN``) serves, None for anything else or a free device."""
+    name = os.path.basename(source)
+    if not source.startswith("/dev/loop") or not name[4:].isdigit():
+        return None
+    try:
+        return Path(f"/sys/block/{name}/loop/backing_file").read_text().rstrip("\n")
+    except OSError:
+        return None
+
+
+def mount(image: Path, devices: Sequence[Path], target: Path, direct_io: bool = False, backing: str = "file") -> None:
+    """Mount ``image`` read-only (nosuid, nodev) on ``target``, ``devices`` in the image's order,
+    ``backing`` ``file`` or ``loop`` (the module's docstring).
+
+    ``direct_io`` reads the devices with O_DIRECT (file-backed: the ``directio`` option, Linux
+    6.12+; loop-backed: each loop device's direct I/O): the tars' bytes are then cached once, in
+    the EROFS files' page cache, not also in the tars'.
     Raises OSError with the kernel's own message when the kernel refuses the mount.
     """
     shorten = _ShortPaths()
     image_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    loops: list[int] = []
     fs_fd = mount_fd = -1
     try:
         expected = image_devices(image_fd)
         if expected != len(devices):
             raise ValueError(f"the image {image} names {expected} devices, {len(devices)} were given")
+        if backing == "loop":
+            for path in (image, *devices):
+                loops.append(loop_device(path, direct_io))
+            source, *names = [loop_name(fd) for fd in loops]
+        else:
+            source, *names = [shorten(os.fspath(path)) for path in (image, *devices)]
         fs_fd = _syscall("fsopen", b"erofs", FSOPEN_CLOEXEC)
 
         def config(command: int, key: bytes | None = None, value: bytes | None = None) -> None:
@@ -130,17 +207,18 @@ def mount(image: Path, devices: Sequence[Path], target: Path, direct_io: bool = 
                 detail = _messages(fs_fd)
                 raise OSError(exc.errno, f"mounting {image}: {exc.strerror}" + (f" ({detail})" if detail else "")) from None
 
-        config(FSCONFIG_SET_STRING, b"source", os.fsencode(shorten(os.fspath(image))))  # the mount table shows it
-        for device in devices:
-            config(FSCONFIG_SET_STRING, b"device", os.fsencode(shorten(os.fspath(device))))
-        if direct_io:
+        config(FSCONFIG_SET_FLAG, b"ro")  # else the block device (a read-only loop) is opened for writing: EACCES
+        config(FSCONFIG_SET_STRING, b"source", os.fsencode(source))  # the mount table shows it
+        for name in names:
+            config(FSCONFIG_SET_STRING, b"device", os.fsencode(name))
+        if direct_io and backing == "file":
             config(FSCONFIG_SET_FLAG, b"directio")
         config(FSCONFIG_CMD_CREATE)
         attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
         mount_fd = _syscall("fsmount", fs_fd, FSMOUNT_CLOEXEC, attrs)
         _syscall("move_mount", mount_fd, b"", AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH)
     finally:
-        for fd in (mount_fd, fs_fd, image_fd):
+        for fd in (mount_fd, fs_fd, image_fd, *loops):  # the mount holds its loop devices now
             if fd >= 0:
                 os.close(fd)
         shorten.close()
@@ -160,9 +238,9 @@ def _probe_dir(state_dir: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def probe(state_dir: Path) -> tuple[bool, str]:
-    """Whether this kernel mounts our images: write a one-file image and its device in the state
-    dir, mount it, read the file back, unmount, clean up. ``(ok, why)``, ``why`` for the log."""
+def _probe_one(state_dir: Path, backing: str) -> str | None:
+    """Mount a one-file image with one device, ``backing``-backed, in the state dir; read the file
+    back, unmount, clean up. None if that worked, else why not."""
     try:
         with _probe_dir(state_dir) as work:
             device = work / "device"
@@ -172,13 +250,25 @@ def probe(state_dir: Path) -> tuple[bool, str]:
             erofsimage.write(image, entries, [erofsimage.Device("device", device.stat().st_size)], erofsimage.reader(work))
             target = work / "mnt"
             target.mkdir()
-            mount(image, [device], target)
+            mount(image, [device], target, backing=backing)
             try:
                 got = (target / "probe").read_bytes()
             finally:
                 kernel.unmount(os.fspath(target))
     except (OSError, ValueError, errors.DriverError) as exc:  # DriverError: the unmount failed
-        return False, f"EROFS file-backed mounts do not work here: {exc}"
-    if got != _PROBE_BYTES:
-        return False, "an EROFS file-backed mount served wrong bytes"
-    return True, "EROFS file-backed mounts with extra devices work"
+        return str(exc)
+    return None if got == _PROBE_BYTES else "the mount served wrong bytes"
+
+
+def probe(state_dir: Path) -> tuple[str | None, str]:
+    """The backing this kernel mounts our images with, the first of ``BACKINGS`` that works (or
+    only the one ``$OCI_VOLUME_CSI_EROFS_BACKING`` names), None if none does; and why, for the log."""
+    forced = os.environ.get(FORCE_BACKING)
+    refusals = []
+    for backing in (forced,) if forced else BACKINGS:
+        why_not = _probe_one(state_dir, backing) if backing in BACKINGS else f"no such backing (${FORCE_BACKING})"
+        if why_not is None:
+            works = f"EROFS {backing}-backed mounts with extra devices work"
+            return backing, "; ".join([*refusals, works])
+        refusals.append(f"EROFS {backing}-backed mounts do not work here: {why_not}")
+    return None, "; ".join(refusals)
