@@ -19,7 +19,12 @@ of size, mode and owner: ``readdir`` and ``lstat`` of every entry) cold and warm
 kernel page cache holds the FUSE view's files is shown two ways: ``fincore`` of the large files
 after the re-read, and the CPU the view process spends during the re-read (none if the kernel
 answers from its cache). How it holds them is shown too: the share of those pages in large folios
-(``/proc/kpageflags``), which sets how fast a re-read can copy out of the cache.
+(``/proc/kpageflags``), which sets how fast a re-read can copy out of the cache. With
+``--erofs-variants`` (needs erofs in ``--mode``), a second erofs driver serves the tree over loop
+devices (its cold publish is shown too), and the erofs driver's image is also mounted by hand
+in the backings and options the driver does not use (``EROFS_VARIANTS``: file-backed buffered;
+loop devices with and without direct I/O, the mount's readahead left at the kernel's default or
+raised to 4 MiB), so every way of mounting it is read side by side in one run.
 
 ``scale``: one driver per mode, ``--digests`` small images cached first, then live volumes of
 them (mixed round-robin) grown to each of ``--steps``; at each step ``--probes`` publishes of a new
@@ -35,7 +40,7 @@ a Klaus plugin whose v2 changes one file (its one layer is a new blob, stored ag
 Run as root, in a private mount namespace (the script also enters one itself):
 
     unshare -m --propagation private .venv/bin/python bench/bench_scale.py \\
-        [--parts concurrency reads scale disk] [--mode erofs fuse bind] [--no-write] [--workdir DIR]
+        [--parts concurrency reads scale disk] [--mode erofs fuse bind] [--erofs-variants] [--no-write] [--workdir DIR]
 
 Everything lands on a fresh ext4 as in ``bench_publish.py``. It refreshes the ``bench_scale``
 section of ``bench/RESULTS.md``.
@@ -46,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import io
 import itertools
 import mmap
@@ -72,7 +78,9 @@ import bench_image  # noqa: E402
 import bench_publish as bench  # noqa: E402  (puts the repo and tests/ on sys.path)
 from artifacts import Pushed, push_image, push_klaus  # noqa: E402
 from csi_driver._pb import csi_pb2  # noqa: E402
+from csi_driver.content.store import Store  # noqa: E402
 from csi_driver.mounts import kernel  # noqa: E402
+from csi_driver.views import erofs, erofsimage, erofsmount  # noqa: E402
 from driver import Driver, run_driver  # noqa: E402
 from kubelet import publish_request, target_for, unpublish_request  # noqa: E402
 from registry_server import access_log, blob_fetches, run_registry  # noqa: E402
@@ -88,6 +96,12 @@ TARGET_IDLE_RSS_MB = 100.0  # serve + FUSE view
 TARGET_MAX_RSS_MB = 200.0  # at the largest step
 TARGET_P50_GROWTH = 1.2  # publish p50 at the largest step ÷ at the first
 LARGE_FILES = 8
+EROFS_VARIANTS = {  # name: backing, direct I/O, readahead KiB of the mount's bdi (None: the kernel's default)
+    "erofs file buffered": ("file", False, None),
+    "erofs loop dio, ra 4 MiB": ("loop", True, 4096),
+    "erofs loop buffered": ("loop", False, None),
+    "erofs loop buffered, ra 4 MiB": ("loop", False, 4096),
+}
 PLUGIN_MIB = 4
 MB = bench_image.MB
 Request = csi_pb2.NodePublishVolumeRequest
@@ -396,6 +410,29 @@ def measure_reads(root: Path, view: int | None, tree: ReadsTree, result: Reads) 
     result.walk_warm.append(walk_tree(root, tree.entries))
 
 
+def erofs_files(state: Path) -> tuple[Path, list[Path]]:
+    """The one digest's image in the erofs driver's ``state`` dir, and the tars it names."""
+    store = Store(state)
+    (digest,) = store.committed_digests()
+    files = erofs.image_path(state, digest), [state / source for source in erofsimage.sources(store.load_tree(digest))]
+    del store
+    gc.collect()  # the store's SQLite connections (held in a reference cycle) would keep the work ext4 busy
+    return files
+
+
+def mount_variant(files: tuple[Path, list[Path]], target: Path, backing: str, direct_io: bool, readahead_kb: int | None) -> str:
+    """Mount ``files`` (``erofs_files``) on ``target`` as asked; what the mount's bdi then reads
+    ahead (its ``read_ahead_kb``; a file-backed mount has no bdi)."""
+    target.mkdir(parents=True)
+    erofsmount.mount(*files, target, direct_io=direct_io, backing=backing)
+    info = kernel.find_mount(str(target))
+    assert info is not None
+    bdi = Path(f"/sys/class/bdi/{info.device}/read_ahead_kb")
+    if readahead_kb is not None:
+        bdi.write_text(f"{readahead_kb}\n")
+    return f"{bdi.read_text().strip()} KiB" if bdi.exists() else "no bdi"
+
+
 def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: Path) -> list[str]:
     print(f"generating the {args.entries}-entry tree with {args.read_mib} MiB of large files ...", flush=True)
     tree = make_reads_tree(args.entries, args.read_mib)
@@ -407,16 +444,27 @@ def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: P
     del tree.tar
     roots: dict[str, tuple[Path, int | None]] = {"disk (tar x on the ext4)": (native, None)}
     publish_s: dict[str, float] = {}
+    readahead: dict[str, str] = {}
+    drivers = {mode: (mode, {}) for mode in modes}
+    if args.erofs_variants and "erofs" in modes:
+        drivers["erofs-loop"] = ("erofs", {erofsmount.FORCE_BACKING: "loop"})
     with contextlib.ExitStack() as stack:
-        for mode in modes:
-            tmp = Path(tempfile.mkdtemp(prefix=f"reads-{mode}-", dir=base))
-            driver = stack.enter_context(run_driver(tmp, registry, mode))
+        for name, (mode, env) in drivers.items():
+            tmp = Path(tempfile.mkdtemp(prefix=f"reads-{name}-", dir=base))
+            driver = stack.enter_context(run_driver(tmp, registry, mode, env=env))
             request = volume(tmp / "kubelet", "reads", 0, pushed.reference)
             start = time.perf_counter()
             driver.publish(request)
-            publish_s[mode] = time.perf_counter() - start
+            publish_s[name] = time.perf_counter() - start
             stack.callback(driver.unpublish, unpublish_request(request))
-            roots[f"{mode} volume"] = (Path(request.target_path), view_pid(driver, mode))
+            roots[f"{name} volume"] = (Path(request.target_path), view_pid(driver, mode))
+            if name == "erofs" and args.erofs_variants:
+                files = erofs_files(driver.state_dir)
+                for variant, how in EROFS_VARIANTS.items():
+                    target = base / "variants" / variant.replace(" ", "-").replace(",", "")
+                    readahead[variant] = mount_variant(files, target, *how)
+                    stack.callback(kernel.unmount, str(target))
+                    roots[variant] = (target, None)
         results = {name: Reads() for name in roots}
         names = list(roots)
         for r in range(args.repeats):
@@ -435,6 +483,9 @@ def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: P
         f"files of random bytes ({bench_image.mib(tree.large_bytes)}), the rest small files of random bytes "
         f"({bench_image.mib(tree.small_bytes)}) in two levels of directories; one plain `tar` layer of "
         f"{bench_image.mib(size)}; cold publish " + ", ".join(f"{m} {bench.ms(s)} ms" for m, s in publish_s.items()),
+        *([f"- erofs variants, mounted by hand from the erofs driver's image and store (the erofs volume: file-backed "
+           f"`directio`, as the driver mounts it; erofs-loop: loop devices with direct I/O, readahead the kernel's default); "
+           f"their mount's readahead: " + ", ".join(f"{v}: {ra}" for v, ra in readahead.items())] if readahead else []),
         "- cold = after `sync; echo 3 > /proc/sys/vm/drop_caches`. The ext4 is a loop device over a file in "
         "/dev/shm, so a cold read of it comes from RAM through the block layer: the \"disk\" here is faster "
         "than a real one, which makes the ratios harder to meet, not easier",
@@ -711,6 +762,8 @@ def main() -> int:
     parser.add_argument("--digests", type=int, default=10, help="digests the live volumes mix (default 10)")
     parser.add_argument("--probes", type=int, default=30, help="timed publishes per step (default 30)")
     parser.add_argument("--pods", type=int, default=50, help="pods of one digest for the disk part (default 50)")
+    parser.add_argument("--erofs-variants", action="store_true",
+                        help="reads: also erofs over loop devices, and the image mounted in every backing and option")
     parser.add_argument("--workdir", help="as for bench_publish.py (default: a fresh ext4 on a RAM-backed loop device)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args, command = bench.prepare(parser, ("tar", "find", "du", "fincore", "pgrep"), "the driver makes real mounts, and the reads part drops the page cache")
