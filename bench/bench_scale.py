@@ -433,6 +433,38 @@ def mount_variant(files: tuple[Path, list[Path]], target: Path, backing: str, di
     return f"{bdi.read_text().strip()} KiB" if bdi.exists() else "no bdi"
 
 
+def erofs_publish_both_ways(args: argparse.Namespace, registry: str, base: Path, files: tuple[Path, list[Path]]) -> list[str]:
+    """What loop devices cost a publish: cold publishes of a 64 MiB image (``bench_publish.make_layer``,
+    one gzip layer) by a fresh erofs driver file-backed and over loop devices, alternated; and
+    ``erofsmount.mount`` + unmount alone of the reads tree's image both ways."""
+    layer = bench.make_layer(64)
+    pushed = push_layer_image(registry, "bench/scale-erofs-publish:v1", [layer.gz], bench.OCI_TAR_GZIP, base / "push-erofs")
+    publish: dict[str, list[float]] = {"file": [], "loop": []}
+    mount: dict[str, list[float]] = {"file": [], "loop": []}
+    target = base / "mount-timed"
+    target.mkdir()
+    for _ in range(args.repeats):
+        for backing in publish:
+            os.environ[erofsmount.FORCE_BACKING] = backing  # run_driver passes our environment on
+            try:
+                publish[backing].append(bench.cold_publish(registry, pushed.reference, "erofs", base, layer.files))
+            finally:
+                del os.environ[erofsmount.FORCE_BACKING]
+            start = time.perf_counter()
+            erofsmount.mount(*files, target, direct_io=True, backing=backing)
+            mounted = time.perf_counter()
+            kernel.unmount(str(target))
+            mount[backing].append(mounted - start)
+    return [
+        f"- what loop devices cost a publish ({args.repeats} of each, alternated, medians): cold publish of a "
+        f"64 MiB image ({layer.files} files, one gzip layer) by a fresh erofs driver, file-backed "
+        f"{bench.ms(statistics.median(publish['file']))} ms, over loop devices {bench.ms(statistics.median(publish['loop']))} ms "
+        f"(all: {', '.join(bench.ms(v) for v in publish['file'])} / {', '.join(bench.ms(v) for v in publish['loop'])}); "
+        f"`erofsmount.mount` alone of the reads image (one tar): file-backed {bench.ms(statistics.median(mount['file']))} ms, "
+        f"over two loop devices {bench.ms(statistics.median(mount['loop']))} ms",
+    ]
+
+
 def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: Path) -> list[str]:
     print(f"generating the {args.entries}-entry tree with {args.read_mib} MiB of large files ...", flush=True)
     tree = make_reads_tree(args.entries, args.read_mib)
@@ -445,6 +477,7 @@ def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: P
     roots: dict[str, tuple[Path, int | None]] = {"disk (tar x on the ext4)": (native, None)}
     publish_s: dict[str, float] = {}
     readahead: dict[str, str] = {}
+    costs: list[str] = []
     drivers = {mode: (mode, {}) for mode in modes}
     if args.erofs_variants and "erofs" in modes:
         drivers["erofs-loop"] = ("erofs", {erofsmount.FORCE_BACKING: "loop"})
@@ -465,6 +498,7 @@ def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: P
                     readahead[variant] = mount_variant(files, target, *how)
                     stack.callback(kernel.unmount, str(target))
                     roots[variant] = (target, None)
+                costs = erofs_publish_both_ways(args, registry, base, files)
         results = {name: Reads() for name in roots}
         names = list(roots)
         for r in range(args.repeats):
@@ -485,7 +519,7 @@ def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: P
         f"{bench_image.mib(size)}; cold publish " + ", ".join(f"{m} {bench.ms(s)} ms" for m, s in publish_s.items()),
         *([f"- erofs variants, mounted by hand from the erofs driver's image and store (the erofs volume: file-backed "
            f"`directio`, as the driver mounts it; erofs-loop: loop devices with direct I/O, readahead the kernel's default); "
-           f"their mount's readahead: " + ", ".join(f"{v}: {ra}" for v, ra in readahead.items())] if readahead else []),
+           f"their mount's readahead: " + ", ".join(f"{v}: {ra}" for v, ra in readahead.items()), *costs] if readahead else []),
         "- cold = after `sync; echo 3 > /proc/sys/vm/drop_caches`. The ext4 is a loop device over a file in "
         "/dev/shm, so a cold read of it comes from RAM through the block layer: the \"disk\" here is faster "
         "than a real one, which makes the ratios harder to meet, not easier",
