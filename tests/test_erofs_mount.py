@@ -307,6 +307,23 @@ def test_loop_backed_mount_names_a_loop_device_of_its_image_read_only_direct_io(
         assert (root / "a").read_bytes() == b"a" * 5000
 
 
+def test_loop_devices_without_a_node_in_dev_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a privileged container, whose /dev was copied when it started: the driver makes the
+    node of each loop device it attaches (here in an empty directory standing in for /dev)."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    monkeypatch.setattr(erofsmount, "DEV", os.fspath(dev))
+    layer = put_tar(tmp_path, [file("a", b"in a container")], OCI_TAR)
+    with mounted(tmp_path, build_tree(tmp_path, [layer], Limits()), backing="loop") as root:
+        info = kernel.find_mount(os.fspath(root))
+        assert info is not None and os.path.dirname(info.source) == os.fspath(dev)
+        assert erofsmount.loop_backing_file(info.source) == os.fspath(tmp_path / "image.erofs")
+        nodes = sorted(dev.iterdir())
+        assert len(nodes) == 2 and all(stat.S_ISBLK(node.stat().st_mode) for node in nodes)
+        assert (root / "a").read_bytes() == b"in a container"
+    assert loops_serving(tmp_path) == {}
+
+
 def test_unmounting_a_loop_backed_image_frees_its_loop_devices(tmp_path: Path) -> None:
     layers = [put_tar(tmp_path, [file(f"f{i}", b"x")], OCI_TAR) for i in range(3)]
     with mounted(tmp_path, build_tree(tmp_path, layers, Limits()), backing="loop"):

@@ -34,7 +34,9 @@ import errno
 import fcntl
 import os
 import platform
+import re
 import shutil
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -62,6 +64,7 @@ BACKINGS = ("file", "loop")  # what ``probe`` tries, in this order
 FORCE_BACKING = "OCI_VOLUME_CSI_EROFS_BACKING"  # internal: the tests' way to probe one backing only
 
 # <linux/loop.h>
+DEV = "/dev"
 LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
 LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO = 1, 4, 16
@@ -131,11 +134,25 @@ class _ShortPaths:
         self._dirs.clear()
 
 
-def loop_device(path: Path, direct_io: bool) -> int:
-    """An open descriptor of a loop device newly attached to ``path``: read-only, 512-byte blocks
-    (the image's), autoclear (freed when its last user closes it), with ``direct_io`` reading the
-    file with O_DIRECT (the kernel quietly keeps buffered I/O where the file's alignment does not
-    allow it; ``/sys/block/loopN/loop/dio`` says which). ``/dev/loop<N>`` is its name."""
+def _open_loop(number: int) -> tuple[int, str]:
+    """Open loop device ``number`` read-only, making its node in ``DEV`` if it has none: a
+    container's /dev is a copy made when it started, without the devices created since."""
+    name = f"{DEV}/loop{number}"
+    try:
+        return os.open(name, os.O_RDONLY | os.O_CLOEXEC), name
+    except FileNotFoundError:
+        major, minor = Path(f"/sys/block/loop{number}/dev").read_text().split(":")
+        with contextlib.suppress(FileExistsError):
+            os.mknod(name, stat.S_IFBLK | 0o660, os.makedev(int(major), int(minor)))
+        return os.open(name, os.O_RDONLY | os.O_CLOEXEC), name
+
+
+def loop_device(path: Path, direct_io: bool) -> tuple[int, str]:
+    """An open descriptor and the name (``/dev/loopN``) of a loop device newly attached to
+    ``path``: read-only, 512-byte blocks (the image's), autoclear (freed when its last user
+    closes it), with ``direct_io`` reading the file with O_DIRECT (the kernel quietly keeps
+    buffered I/O where the file's alignment does not allow it; ``/sys/block/loopN/loop/dio``
+    says which)."""
     flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | (LO_FLAGS_DIRECT_IO if direct_io else 0)
     backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -143,15 +160,14 @@ def loop_device(path: Path, direct_io: bool) -> int:
         control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
         try:
             for _ in range(LOOP_ATTACH_TRIES):
-                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
-                device = os.open(f"/dev/loop{number}", os.O_RDONLY | os.O_CLOEXEC)
+                device, name = _open_loop(fcntl.ioctl(control, LOOP_CTL_GET_FREE))
                 try:
                     fcntl.ioctl(device, LOOP_CONFIGURE, config)
-                    return device
+                    return device, name
                 except OSError as exc:
                     os.close(device)
                     if exc.errno != errno.EBUSY:
-                        raise OSError(exc.errno, f"attaching {path} to /dev/loop{number}: {exc.strerror}") from None
+                        raise OSError(exc.errno, f"attaching {path} to {name}: {exc.strerror}") from None
             raise OSError(errno.EBUSY, f"attaching {path}: every free loop device was taken first")
         finally:
             os.close(control)
@@ -159,15 +175,10 @@ def loop_device(path: Path, direct_io: bool) -> int:
         os.close(backing)  # the loop device holds the file now
 
 
-def loop_name(device_fd: int) -> str:
-    """``/dev/loopN`` of an open loop device."""
-    return f"/dev/loop{os.minor(os.fstat(device_fd).st_rdev)}"
-
-
 def loop_backing_file(source: str) -> str | None:
     """The file a loop device (``/dev/loopN``) serves, None for anything else or a free device."""
-    name = os.path.basename(source)
-    if not source.startswith("/dev/loop") or not name[4:].isdigit():
+    parent, name = os.path.split(source)
+    if parent != DEV or not re.fullmatch(r"loop[0-9]+", name):
         return None
     try:
         return Path(f"/sys/block/{name}/loop/backing_file").read_text().rstrip("\n")
@@ -193,9 +204,12 @@ def mount(image: Path, devices: Sequence[Path], target: Path, direct_io: bool = 
         if expected != len(devices):
             raise ValueError(f"the image {image} names {expected} devices, {len(devices)} were given")
         if backing == "loop":
+            attached = []
             for path in (image, *devices):
-                loops.append(loop_device(path, direct_io))
-            source, *names = [loop_name(fd) for fd in loops]
+                fd, name = loop_device(path, direct_io)
+                loops.append(fd)
+                attached.append(name)
+            source, *names = attached
         else:
             source, *names = [shorten(os.fspath(path)) for path in (image, *devices)]
         fs_fd = _syscall("fsopen", b"erofs", FSOPEN_CLOEXEC)
