@@ -4,30 +4,39 @@
 directory, one in ten a symlink, the rest files of one tar), best of 3, in microseconds per entry
 (the issue's target: 15 or less).
 
-``reads``: one 256 MiB file of a tar, read once cold (1 MiB reads after ``drop_caches``) from the
-tar directly, from a buffered EROFS mount and from a ``directio`` one; the page cache it costs
-(``Cached`` of /proc/meminfo before and after, and ``fincore`` of the tar: a buffered file-backed
-mount caches each byte twice, in the EROFS file and in the tar), then the same read warm.
+``reads``: one 256 MiB file of a tar, read cold (``read()`` of 1 MiB, or ``--read-kib``, after
+``drop_caches``) and again warm,
+from the tar directly ("native") and from the image mounted every way (``READ_VARIANTS``):
+file-backed buffered and ``directio``, over loop devices with and without direct I/O, the loop
+mount's readahead (its image's loop device's bdi) at the kernel's default or raised to 4 MiB.
+Each repeat reads every variant once, in an order rotated from repeat to repeat, so that the
+other work on the machine falls on all of them alike; the medians are printed with their ratio
+to native. Also: the page cache the cold read added (``Cached`` of /proc/meminfo before and
+after: a buffered mount caches each byte twice, in the EROFS file and in the tar), and the reads
+the block device under the work directory saw during the cold read (count and mean size, from
+``/sys/dev/block/M:m/stat``): how the kernel split the 256 MiB into requests.
 
 Run: ``unshare -m --propagation private .venv/bin/python bench/bench_erofs.py [--parts writer reads]
-[--workdir DIR]``. It prints its results; nothing asserts them.
+[--repeats N] [--workdir DIR]`` (default: a fresh ext4 on a RAM-backed loop device, as the other
+benches). It prints its results; nothing asserts them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_publish  # noqa: E402  (puts the repo and tests/ on sys.path)
 from csi_driver.layout.tree import ROOT, Entry, Kind  # noqa: E402
 from csi_driver.mounts import kernel  # noqa: E402
-from csi_driver.views import erofsimage, erofsmount
+from csi_driver.views import erofsimage, erofsmount  # noqa: E402
+from namespace import enter_private_namespace  # noqa: E402
 
 TAR = "layers/sha256/" + "0" * 64 + ".tar"
 
@@ -81,62 +90,115 @@ def _drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+READ_BYTES = 1 << 20  # each read() of the reads part (--read-kib)
+
+
 def _read_mib_s(path: Path) -> float:
     start, total = time.perf_counter(), 0
     with open(path, "rb", buffering=0) as source:
-        while chunk := source.read(1 << 20):
+        while chunk := source.read(READ_BYTES):
             total += len(chunk)
     return total / (time.perf_counter() - start) / 2**20
 
 
-def _resident_mib(path: Path) -> int:
-    out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip() or 0) >> 20
+# name: None (the tar itself) or (backing, direct I/O, readahead KiB of the loop mount's bdi). A loop
+# device's read_ahead_kb outlives its detaching (a device used before keeps what was set), so
+# every loop variant sets its own: 128 KiB is the kernel's VM_READAHEAD_PAGES.
+READ_VARIANTS = {
+    "native (the tar)": None,
+    "erofs file buffered": ("file", False, None),
+    "erofs file directio": ("file", True, None),
+    "erofs loop dio, ra 128 KiB": ("loop", True, 128),
+    "erofs loop dio, ra 1 MiB": ("loop", True, 1024),
+    "erofs loop dio, ra 4 MiB": ("loop", True, 4096),
+    "erofs loop buffered, ra 128 KiB": ("loop", False, 128),
+    "erofs loop buffered, ra 1 MiB": ("loop", False, 1024),
+    "erofs loop buffered, ra 4 MiB": ("loop", False, 4096),
+}
 
 
-def reads(workdir: Path) -> None:
+def _disk_reads(stat: Path) -> tuple[int, int]:
+    """(reads completed, sectors read) of a block device (Documentation/block/stat.rst)."""
+    fields = stat.read_text().split()
+    return int(fields[0]), int(fields[2])
+
+
+def _read_once(how: tuple[str, bool, int | None] | None, image: Path, tar: Path, target: Path, stat: Path) -> tuple[float, float, int, tuple[int, int]]:
+    """(cold MiB/s, warm MiB/s, page cache added MiB, (disk reads, mean KiB)) of one variant."""
+    path = tar
+    if how is not None:
+        backing, direct_io, readahead_kb = how
+        erofsmount.mount(image, [tar], target, direct_io=direct_io, backing=backing)
+        info = kernel.find_mount(os.fspath(target))
+        assert info is not None
+        if readahead_kb is not None:
+            Path(f"/sys/class/bdi/{info.device}/read_ahead_kb").write_text(f"{readahead_kb}\n")
+        path = target / "big"
+    try:
+        _drop_caches()
+        before, (reads, sectors) = _cached_mib(), _disk_reads(stat)
+        cold = _read_mib_s(path)
+        grown = _cached_mib() - before
+        reads_after, sectors_after = _disk_reads(stat)
+        count = reads_after - reads
+        warm = _read_mib_s(path)
+    finally:
+        if how is not None:
+            kernel.unmount(os.fspath(target))
+    return cold, warm, grown, (count, (sectors_after - sectors) // 2 // max(count, 1))
+
+
+def reads(workdir: Path, repeats: int) -> None:
     size = 256 << 20
     tar = workdir / "layer.tar"
     with open(tar, "wb") as out:
         out.write(bytes(512))
-        block = os.urandom(1 << 20)
         for _ in range(size >> 20):
-            out.write(block)
+            out.write(os.urandom(1 << 20))
         out.write(bytes(1024))
     entries = [ROOT, Entry("big", Kind.FILE, 0o644, size=size, source="layer.tar", offset=512)]
     image = workdir / "image.erofs"
     erofsimage.write(image, entries, [erofsimage.Device("layer.tar", tar.stat().st_size)], erofsimage.reader(workdir))
     target = workdir / "mnt"
     target.mkdir()
-    for label in ("tar directly", "erofs buffered", "erofs directio"):
-        rates, grown, resident = [], [], []
-        for _ in range(3):
-            if label != "tar directly":
-                erofsmount.mount(image, [tar], target, direct_io=label == "erofs directio")
-            try:
-                _drop_caches()
-                before = _cached_mib()
-                rates.append(_read_mib_s(tar if label == "tar directly" else target / "big"))
-                grown.append(_cached_mib() - before)
-                resident.append(_resident_mib(tar))
-                warm = _read_mib_s(tar if label == "tar directly" else target / "big")
-            finally:
-                if label != "tar directly":
-                    kernel.unmount(os.fspath(target))
-        print(f"reads: {label}: cold {min(rates):.0f}-{max(rates):.0f} MiB/s, warm {warm:.0f} MiB/s, "
-              f"page cache +{'/'.join(map(str, grown))} MiB, of it the tar's {'/'.join(map(str, resident))} MiB")  # fmt: skip
+    dev = os.stat(tar).st_dev
+    stat = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat")
+    names = list(READ_VARIANTS)
+    seen: dict[str, list[tuple[float, float, int, tuple[int, int]]]] = {name: [] for name in names}
+    print(f"reads: load average {' / '.join(f'{v:.2f}' for v in os.getloadavg())} at the start")
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            seen[name].append(_read_once(READ_VARIANTS[name], image, tar, target, stat))
+    print(f"reads: load average {' / '.join(f'{v:.2f}' for v in os.getloadavg())} at the end; {repeats} repeats, medians, "
+          f"read() of {READ_BYTES >> 10} KiB")
+    native_cold = statistics.median(run[0] for run in seen[names[0]])
+    native_warm = statistics.median(run[1] for run in seen[names[0]])
+    print("| variant | cold MiB/s | ÷ native | re-read MiB/s | ÷ native | page cache added ÷ 256 MiB | disk reads during the cold read (median), mean KiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, runs in seen.items():
+        cold, warm = statistics.median(run[0] for run in runs), statistics.median(run[1] for run in runs)
+        grown = statistics.median(run[2] for run in runs) / 256
+        count = statistics.median(run[3][0] for run in runs)
+        mean_kib = statistics.median(run[3][1] for run in runs)
+        print(f"| {name} | {cold:.0f} | {cold / native_cold:.2f}× | {warm:.0f} | {warm / native_warm:.2f}× | {grown:.2f}× | {count:.0f}, {mean_kib:.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=("writer", "reads"), default=["writer", "reads"])
-    parser.add_argument("--workdir", type=Path, help="where the 256 MiB tar goes (default: a temp dir)")
+    parser.add_argument("--repeats", type=int, default=7, help="reads: rounds of every variant (default 7)")
+    parser.add_argument("--read-kib", type=int, default=1024, help="reads: the size of each read() (default 1024)")
+    parser.add_argument("--workdir", help="where the 256 MiB tar goes (default: a fresh ext4 on a RAM-backed loop device)")
     args = parser.parse_args()
+    enter_private_namespace()
+    global READ_BYTES
+    READ_BYTES = args.read_kib << 10
     if "writer" in args.parts:
         writer()
     if "reads" in args.parts:
-        with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-            reads(Path(work))
+        with bench_publish.work_filesystem(args.workdir) as (work, fs_note):
+            print(f"reads: on {fs_note}")
+            reads(work, args.repeats)
 
 
 if __name__ == "__main__":

@@ -290,7 +290,7 @@ def loops_serving(under: Path) -> dict[str, str]:
     return found
 
 
-def test_loop_backed_mount_names_a_loop_device_of_its_image_read_only_direct_io(tmp_path: Path) -> None:
+def test_loop_backed_mount_names_a_loop_device_of_its_image_read_only_direct_io_reading_ahead_1_mib(tmp_path: Path) -> None:
     layer = put_tar(tmp_path, [file("a", b"a" * 5000)], OCI_TAR)
     entries = build_tree(tmp_path, [layer], Limits())
     with mounted(tmp_path, entries, direct_io=True, backing="loop") as root:
@@ -304,6 +304,8 @@ def test_loop_backed_mount_names_a_loop_device_of_its_image_read_only_direct_io(
             assert (queue / "ro").read_text() == "1\n" and (queue / "loop/autoclear").read_text() == "1\n"
             assert (queue / "loop/dio").read_text() == "1\n", device
             assert (queue / "queue/logical_block_size").read_text() == "512\n"
+        image_queue = Path("/sys/block") / os.path.basename(info.source) / "queue"
+        assert (image_queue / "read_ahead_kb").read_text() == f"{erofsmount.LOOP_READAHEAD_KB}\n"
         assert (root / "a").read_bytes() == b"a" * 5000
 
 

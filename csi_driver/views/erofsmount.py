@@ -32,6 +32,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import logging
 import os
 import platform
 import re
@@ -72,8 +73,10 @@ LO_FLAGS_READ_ONLY, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO = 1, 4, 16
 # sizelimit; number, encrypt_type, encrypt_key_size, flags; file_name, crypt_name, encrypt_key;
 # init[2]), __reserved[8]
 LOOP_CONFIG = struct.Struct("=II5Q4I64s64s32s2Q64x")
+LOOP_READAHEAD_KB = 1024  # of the image's loop device (_set_readahead)
 LOOP_ATTACH_TRIES = 64  # another process may take the free device between GET_FREE and CONFIGURE
 
+log = logging.getLogger("oci-volume-csi")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -175,6 +178,20 @@ def loop_device(path: Path, direct_io: bool) -> tuple[int, str]:
         os.close(backing)  # the loop device holds the file now
 
 
+def _set_readahead(image_loop: str) -> None:
+    """Read ahead ``LOOP_READAHEAD_KB`` in the files of a loop-backed mount: the image's loop
+    device is the mount's block device, whose bdi every file's readahead window comes from.
+
+    A loop device's ``read_ahead_kb`` outlives its detaching (a device used before keeps what was
+    set), so it is always written. At the kernel's 128 KiB, a reader of 16 KiB at a time read a cold
+    file at 0.59x of the ext4 under it, in 128 KiB requests; at 1 MiB 0.98x (bench/RESULTS.md).
+    Where /sys is read-only the device's own stays, with a warning."""
+    try:
+        Path(f"/sys/block/{os.path.basename(image_loop)}/queue/read_ahead_kb").write_text(f"{LOOP_READAHEAD_KB}\n")
+    except OSError as exc:
+        log.warning("could not set the readahead of %s (%s); files of its EROFS mount read ahead as it does", image_loop, exc)
+
+
 def loop_backing_file(source: str) -> str | None:
     """The file a loop device (``/dev/loopN``) serves, None for anything else or a free device."""
     parent, name = os.path.split(source)
@@ -210,6 +227,7 @@ def mount(image: Path, devices: Sequence[Path], target: Path, direct_io: bool = 
                 loops.append(fd)
                 attached.append(name)
             source, *names = attached
+            _set_readahead(source)
         else:
             source, *names = [shorten(os.fspath(path)) for path in (image, *devices)]
         fs_fd = _syscall("fsopen", b"erofs", FSOPEN_CLOEXEC)
