@@ -436,35 +436,41 @@ def mount_variant(files: tuple[Path, list[Path]], target: Path, backing: str, di
     return f"{bdi.read_text().strip()} KiB" if bdi.exists() else "no bdi"
 
 
-def erofs_publish_both_ways(args: argparse.Namespace, registry: str, base: Path, files: tuple[Path, list[Path]]) -> list[str]:
-    """What loop devices cost a publish: cold publishes of a 64 MiB image (``bench_publish.make_layer``,
-    one gzip layer) by a fresh erofs driver file-backed and over loop devices, alternated; and
-    ``erofsmount.mount`` + unmount alone of the reads tree's image both ways."""
+def erofs_publish_both_ways(args: argparse.Namespace, registry: str, base: Path, files: tuple[Path, list[Path]],
+                            reads_tree: str) -> list[str]:  # fmt: skip
+    """What loop devices cost a publish: cold publishes (``bench_publish.cold_publish``) of a 64 MiB
+    image (``bench_publish.make_layer``, one gzip layer) and of the reads tree (``reads_tree``) by a
+    fresh erofs driver file-backed and over loop devices, alternated; and ``erofsmount.mount``
+    alone of the reads tree's image both ways."""
     layer = bench.make_layer(64)
     pushed = push_layer_image(registry, "bench/scale-erofs-publish:v1", [layer.gz], bench.OCI_TAR_GZIP, base / "push-erofs")
-    publish: dict[str, list[float]] = {"file": [], "loop": []}
+    images = {f"64 MiB image ({layer.files} files, one gzip layer)": (pushed.reference, layer.files),
+              f"the reads tree ({args.entries} entries, one plain tar)": (reads_tree, LARGE_FILES)}  # fmt: skip
+    publish: dict[tuple[str, str], list[float]] = {(image, backing): [] for image in images for backing in ("file", "loop")}
     mount: dict[str, list[float]] = {"file": [], "loop": []}
     target = base / "mount-timed"
     target.mkdir()
     for _ in range(args.repeats):
-        for backing in publish:
+        for image, backing in publish:
             os.environ[erofsmount.FORCE_BACKING] = backing  # run_driver passes our environment on
             try:
-                publish[backing].append(bench.cold_publish(registry, pushed.reference, "erofs", base, layer.files))
+                publish[image, backing].append(bench.cold_publish(registry, images[image][0], "erofs", base, images[image][1]))
             finally:
                 del os.environ[erofsmount.FORCE_BACKING]
+        for backing in mount:
             start = time.perf_counter()
             erofsmount.mount(*files, target, direct_io=True, backing=backing)
-            mounted = time.perf_counter()
+            mount[backing].append(time.perf_counter() - start)
             kernel.unmount(str(target))
-            mount[backing].append(mounted - start)
+    median = lambda runs: bench.ms(statistics.median(runs))
+    every = lambda runs: ", ".join(bench.ms(v) for v in runs)
     return [
-        f"- what loop devices cost a publish ({args.repeats} of each, alternated, medians): cold publish of a "
-        f"64 MiB image ({layer.files} files, one gzip layer) by a fresh erofs driver, file-backed "
-        f"{bench.ms(statistics.median(publish['file']))} ms, over loop devices {bench.ms(statistics.median(publish['loop']))} ms "
-        f"(all: {', '.join(bench.ms(v) for v in publish['file'])} / {', '.join(bench.ms(v) for v in publish['loop'])}); "
-        f"`erofsmount.mount` alone of the reads image (one tar): file-backed {bench.ms(statistics.median(mount['file']))} ms, "
-        f"over two loop devices {bench.ms(statistics.median(mount['loop']))} ms",
+        f"- what loop devices cost a publish ({args.repeats} of each, alternated, medians; all runs in brackets): "
+        + "; ".join(f"cold publish of the {image} by a fresh erofs driver, file-backed {median(publish[image, 'file'])} ms "
+                    f"({every(publish[image, 'file'])}), over loop devices {median(publish[image, 'loop'])} ms "
+                    f"({every(publish[image, 'loop'])})" for image in images)
+        + f"; `erofsmount.mount` alone of the reads tree's image (one tar): file-backed {median(mount['file'])} ms, "
+        f"over two loop devices {median(mount['loop'])} ms",
     ]
 
 
@@ -501,7 +507,7 @@ def run_reads(args: argparse.Namespace, registry: str, modes: list[str], base: P
                     readahead[variant] = mount_variant(files, target, *how)
                     stack.callback(kernel.unmount, str(target))
                     roots[variant] = (target, None)
-                costs = erofs_publish_both_ways(args, registry, base, files)
+                costs = erofs_publish_both_ways(args, registry, base, files, pushed.reference)
         results = {name: Reads() for name in roots}
         names = list(roots)
         for r in range(args.repeats):
