@@ -510,6 +510,22 @@ def files_walk(files: Files) -> Walk:
     return out
 
 
+def push_one_blob_twice(registry: str, repo: str, files: Files) -> tuple[Fixture, Fixture, bytes]:
+    """One gzip blob of ``files`` pushed as an image's layer (``:image``, rule 0: its files) and as
+    an ORAS file (``:file``, titled ``bundle.tar.gz`` with a media type no rule unpacks, so rule 4
+    shows the blob itself); the two fixtures and the blob."""
+    blob = go_gzip(go_tar(files))
+    layer = upload_blob(registry, repo, blob, OCI_TAR_GZIP)
+    image, _ = put_image(registry, repo, "image", [layer], image_config("amd64", [sha256(go_tar(files))]))
+    as_file = {**layer, "mediaType": "application/vnd.example.bundle.tar+gzip", "annotations": {TITLE: "bundle.tar.gz"}}
+    file, _ = put_image(registry, repo, "file", [as_file], config_type=OCI_EMPTY)
+    return (
+        Fixture("shared_image", f"{registry}/{repo}:image", files_walk(files), "an image of one layer", image),
+        Fixture("shared_file", f"{registry}/{repo}:file", oras_file("bundle.tar.gz", blob), "that layer as a file", file),
+        blob,
+    )
+
+
 def push_toolhive(
     registry: str, repo: str, tag: str, artifact_type: str, files: Files, layer_annotations: Mapping[str, str],
     labels: Mapping[str, str], annotations: Mapping[str, str],

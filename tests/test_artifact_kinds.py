@@ -21,6 +21,8 @@ import pytest
 
 import fixtures_tools as ft
 from csi_driver.content.store import Store
+from csi_driver.layout import rules
+from csi_driver.layout.tree import blob_relpath, decoded_relpath
 from csi_driver.mounts import kernel
 from csi_driver.views import erofs, erofsmount
 from driver import Driver, run_driver, walk
@@ -482,3 +484,66 @@ def test_oci_image_over_loop_devices_is_the_file_backed_erofs_tree(
     file_backed = published_tree(drivers["erofs"], oci_image, kubelet_root, "pod-file", look_at_volume)
     assert_same_tree(over_loops[0], oci_image.expected, "oci image over loop devices")
     assert over_loops == file_backed
+
+
+# -- the store keeps each layer once ----------------------------------------------------------
+
+
+def image_manifests(fixture: ft.Fixture) -> list[dict]:
+    """The image manifests of ``fixture``: its own, or every one its index names."""
+    top = pushed_manifest(fixture)
+    return platform_manifests(fixture) if "manifests" in top else [top]
+
+
+def kept(driver: Driver, digest: str) -> tuple[bool, bool]:
+    """(the blob as served is stored, its inflated tar is stored) in ``driver``'s state dir."""
+    return (driver.state_dir / blob_relpath(digest)).is_file(), (driver.state_dir / decoded_relpath(digest)).is_file()
+
+
+def assert_stored_bytes_are_the_files(driver: Driver) -> None:
+    """What ``cache ls`` and the collector count is what ``blobs/`` and ``layers/`` hold."""
+    files = [*(driver.state_dir / "blobs" / "sha256").iterdir(), *(driver.state_dir / "layers" / "sha256").iterdir()]
+    assert Store(driver.state_dir).stored_bytes() == sum(f.stat().st_size for f in files)
+
+
+@pytest.mark.parametrize("kind", ["toolhive_plugin", "oci_image", "zstd_image", "klaus_plugin_oras_cli", "oras_directory_unpack"])
+def test_a_compressed_layer_is_kept_once_as_its_tar(
+    request: pytest.FixtureRequest, drivers, mode: str, kind: str, kubelet_root: Path
+) -> None:
+    """Layers placed by rules 0 to 2 (an image's, a Klaus plugin's, an ORAS directory's) are read
+    only as their inflated tar: the store keeps that alone, never ``blobs/sha256/<layer hex>``,
+    and every view serves the right bytes from it."""
+    fixture: ft.Fixture = request.getfixturevalue(kind)
+    check_kind(drivers, mode, fixture, kubelet_root)
+    layers = {layer["digest"] for m in image_manifests(fixture) for layer in m["layers"]
+              if rules.compression(layer["mediaType"])}  # fmt: skip
+    assert layers, f"{kind} has no compressed layer"
+    assert {digest: kept(drivers[mode], digest) for digest in layers} == dict.fromkeys(layers, (False, True))
+    assert_stored_bytes_are_the_files(drivers[mode])
+
+
+def test_a_titled_tar_gzip_that_may_be_a_file_keeps_its_blob(
+    drivers, mode: str, oras_directory_push: ft.Fixture, oras_file_push: ft.Fixture, kubelet_root: Path
+) -> None:
+    """A titled ``tar+gzip`` outside an image is a directory (rule 3) or, if an entry lies outside
+    its title, a file (rule 4) whose bytes are the blob itself: its blob stays next to its tar."""
+    for fixture in (oras_directory_push, oras_file_push):
+        check_kind(drivers, mode, fixture, kubelet_root)
+        [layer] = [layer for layer in pushed_manifest(fixture)["layers"] if layer["mediaType"] == ft.OCI_TAR_GZIP]
+        assert kept(drivers[mode], layer["digest"]) == (True, True), fixture.name
+    assert_stored_bytes_are_the_files(drivers[mode])
+
+
+@pytest.mark.parametrize("first", ["image", "file"])
+def test_a_blob_one_artifact_keeps_as_its_tar_and_another_shows_as_a_file_serves_both(
+    registry: str, drivers, mode: str, first: str, kubelet_root: Path
+) -> None:
+    """The same digest as an image's layer (its tar alone) and as another artifact's file (the blob
+    itself): whichever is pulled first, the second finds what it needs, and both volumes are right."""
+    files = {"etc/shared": (f"one blob, two uses, {mode}, {first}\n".encode(), 0o644)}
+    image, as_file, blob = ft.push_one_blob_twice(registry, f"kinds/shared-{mode}-{first}", files)
+    order = (image, as_file) if first == "image" else (as_file, image)
+    for fixture in (*order, order[0]):
+        check_kind(drivers, mode, fixture, kubelet_root)
+    assert kept(drivers[mode], ft.sha256(blob)) == (True, True)
+    assert_stored_bytes_are_the_files(drivers[mode])

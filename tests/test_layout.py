@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from csi_driver import errors
 from csi_driver.layout.manifest import Descriptor, ImageManifest
-from csi_driver.layout.rules import OCI_TAR_GZIP, TITLE, UNPACK, Layer, Limits, TreeBuilder, build_tree, compression, layers_of, may_unpack, tar_path
+from csi_driver.layout.rules import OCI_TAR_GZIP, TITLE, UNPACK, Layer, Limits, TreeBuilder, build_tree, compression, layers_of, may_unpack, tar_only, tar_path
 from csi_driver.layout.tree import blob_relpath, Entry, Kind, hardlinks
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -157,6 +157,23 @@ def test_may_unpack_decodes_every_tar_layer_of_an_image(
     media_type: str, annotations: dict[str, str], unpacks: bool
 ) -> None:
     assert may_unpack(Layer("sha256:" + "0" * 64, media_type, annotations, 1, image=True)) is unpacks
+
+
+@pytest.mark.parametrize(("media_type", "annotations", "image", "only"), [
+    (OCI_TAR_GZIP, {}, False, True),  # rule 2
+    ("application/vnd.oci.image.layer.v1.tar+zstd", {}, False, True),
+    (KLAUS, {TITLE: "plugin.tar.gz"}, False, True),  # rule 2, titled or not
+    ("application/vnd.example.tar+gzip", {TITLE: "dir", UNPACK: "true"}, False, True),  # rule 1
+    (OCI_TAR_GZIP, {TITLE: "plugin.tar.gz"}, True, True),  # rule 0: the title is ignored
+    (OCI_TAR_GZIP, {TITLE: "dir"}, False, False),  # rule 3 or 4: a file if an entry lies outside dir/
+    ("application/vnd.example.bundle.tar+gzip", {TITLE: "bundle.tgz"}, False, False),  # rule 4
+    (OCI_TAR, {}, False, False),  # a plain tar is its own blob
+    ("text/plain", {TITLE: "notes.txt"}, False, False),
+])
+def test_tar_only_says_which_layers_the_store_keeps_as_their_tar_alone(
+    media_type: str, annotations: dict[str, str], image: bool, only: bool
+) -> None:
+    assert tar_only(Layer("sha256:" + "0" * 64, media_type, annotations, 1, image=image)) is only
 
 
 # -- rule 0: a manifest whose config is an image config is an image -----------------------------

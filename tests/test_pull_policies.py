@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import requests
 
 import fixtures_tools as ft
 from artifacts import PERSONALITY_TREE, PLUGIN_TREE, push_klaus
@@ -111,20 +112,24 @@ def test_a_tree_committed_by_older_layout_rules_is_rebuilt_from_stored_layers_fo
     tmp_path: Path, kubelet_root: Path, mode: str
 ) -> None:
     """A node upgraded from a release that placed a ToolHive plugin's titled layer as the file
-    ``plugin.tar.gz`` (and so never inflated it) shows the plugin directory at the next publish,
-    with the registry gone: the tree is rebuilt from the stored blobs. The old release's
-    extraction, which a running volume may still show, is left as it is."""
+    ``plugin.tar.gz`` (and so stored its blob and never inflated it) shows the plugin directory at
+    the next publish, with the registry gone: the tree is rebuilt from the stored blobs. The old
+    release's extraction, which a running volume may still show, is left as it is, and so is the
+    blob its tree reads. (Today's pull keeps that layer as its tar alone, so the old release's
+    store is made here by storing the blob as it stored it, from the registry.)"""
     with run_registry(tmp_path / "registry") as own:
         plugin = ft.build_toolhive(own)
         with run_driver(tmp_path / "driver", own, "bind") as driver:
             driver.unpublish(unpublish_request(publish_request(publish(driver, kubelet_root, "pod-0", {"reference": plugin.reference}), {})))
-    state = tmp_path / "driver" / "state"
-    store = Store(state)
-    [digest] = store.committed_digests()
-    [layer] = {entry.source for entry in store.load_tree(digest) if entry.kind is Kind.FILE}
-    layer_digest = "sha256:" + Path(layer).name.removesuffix(".tar")
-    old_entries = [ROOT, Entry("plugin.tar.gz", Kind.FILE, 0o644, size=(state / blob_relpath(layer_digest)).stat().st_size,
-                               source=blob_relpath(layer_digest))]  # fmt: skip
+        state = tmp_path / "driver" / "state"
+        store = Store(state)
+        [digest] = store.committed_digests()
+        [layer] = {entry.source for entry in store.load_tree(digest) if entry.kind is Kind.FILE}
+        layer_digest = "sha256:" + Path(layer).name.removesuffix(".tar")
+        repository = plugin.reference.partition("/")[2].rpartition(":")[0]
+        served = requests.get(f"http://{own}/v2/{repository}/blobs/{layer_digest}", timeout=30).content
+        store.put_blob(layer_digest, [served], expected_size=len(served))
+    old_entries = [ROOT, Entry("plugin.tar.gz", Kind.FILE, 0o644, size=len(served), source=blob_relpath(layer_digest))]
     store.commit_tree(digest, old_entries, layout=1)
     (state / decoded_relpath(layer_digest)).unlink()
     shutil.rmtree(state / "trees")
@@ -136,3 +141,35 @@ def test_a_tree_committed_by_older_layout_rules_is_rebuilt_from_stored_layers_fo
             driver.unpublish(unpublish_request(publish_request(target, {})))
     assert Store(state).layout(digest) == LAYOUT_VERSION
     assert os.listdir(old_extraction) == ["plugin.tar.gz"]
+    assert (state / blob_relpath(layer_digest)).read_bytes() == served
+
+
+def test_a_rebuild_that_needs_a_blob_kept_only_as_its_tar_pulls_it_or_refuses_under_never(
+    registry: str, tmp_path: Path, kubelet_root: Path
+) -> None:
+    """The store keeps an image's gzip layer as its inflated tar alone. When a tree recorded under
+    older layout rules is rebuilt and its current rules show that very blob as a file (another
+    artifact names the digest as an ORAS file), the node cannot make the blob from its tar: the
+    rebuild gives way to a pull, which IfNotPresent makes (fetching the blob) and Never refuses."""
+    image, as_file, blob = ft.push_one_blob_twice(registry, "policies/shared", {"etc/shared": (b"once\n", 0o644)})
+    with run_driver(tmp_path, registry, "bind") as driver:
+        target = publish(driver, kubelet_root, "pod-0", {"reference": image.reference})
+        driver.unpublish(unpublish_request(publish_request(target, {})))
+        store = Store(driver.state_dir)
+        assert not store.has_blob(ft.sha256(blob)) and store.has_blob(ft.sha256(blob), decoded=True)
+        # An older release committed the file artifact's tree, placing the layer as rule 2 would.
+        manifest = requests.get(f"http://{registry}/v2/policies/shared/manifests/file", timeout=30,
+                                headers={"Accept": ft.OCI_MANIFEST}).content  # fmt: skip
+        store.put_bytes(as_file.digest, manifest)
+        store.commit_tree(as_file.digest, store.load_tree(image.digest), blobs=[as_file.digest, ft.sha256(blob)], layout=1)
+        store.record_resolution(as_file.reference, ft.node_platform(), as_file.digest)
+        with pytest.raises(grpc.RpcError) as refused:
+            publish(driver, kubelet_root, "pod-1", {"reference": as_file.reference, "pullPolicy": "Never"})
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert blob_fetches(registry, "policies/shared")[ft.sha256(blob)] == 1
+        for pod, policy in (("pod-2", "IfNotPresent"), ("pod-3", "Never")):
+            target = publish(driver, kubelet_root, pod, {"reference": as_file.reference, "pullPolicy": policy})
+            assert walk(target) == as_file.expected, policy
+            driver.unpublish(unpublish_request(publish_request(target, {})))
+        assert blob_fetches(registry, "policies/shared")[ft.sha256(blob)] == 2
+        assert store.layout(as_file.digest) == LAYOUT_VERSION and store.has_blob(ft.sha256(blob))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import gzip
+import hashlib
 import io
 import os
 import random
@@ -27,6 +29,7 @@ import pytest
 from artifacts import PLUGIN_TREE, push_image, push_klaus
 from csi_driver._pb import csi_pb2
 from csi_driver.content.store import Store
+from csi_driver.layout.tree import blob_relpath, decoded_relpath
 from csi_driver.mounts import kernel
 from csi_driver.views import erofs, erofsmount, fuse
 from driver import Driver, cleanup_mounts_under, run_driver, walk
@@ -440,12 +443,18 @@ def big_layer(size: int, seed: int = 6) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.parametrize("media_type", ["application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip"])
 def test_pull_killed_midway_leaves_nothing_and_the_next_publish_is_exact(
-    registry: str, tmp_path: Path, kubelet_root: Path
+    registry: str, tmp_path: Path, kubelet_root: Path, media_type: str
 ) -> None:
+    """Also for a gzip layer, which is inflated as it downloads and kept only as its tar: the kill
+    mid-inflate leaves a partial tar in tmp/ only, never a tar or a blob under the layer's name."""
     layer = big_layer(160 << 20)
-    pushed = push_image(registry, "restarts/big:v1", [(layer, "application/vnd.oci.image.layer.v1.tar")], tmp_path / "push")
+    blob = gzip.compress(layer, compresslevel=1) if media_type.endswith("+gzip") else layer
+    pushed = push_image(registry, f"restarts/big-{len(blob)}:v1", [(blob, media_type)], tmp_path / "push")
     request = publish_request(target_for(kubelet_root, "pod-1", "image"), {"reference": pushed.reference})
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    named = [blob_relpath(digest), decoded_relpath(digest)]  # the blob as served, its inflated tar
     # A slow registry read budget is not needed: the kill lands while bytes stream to tmp/.
     with run_driver(tmp_path, registry, "bind") as first:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -457,6 +466,7 @@ def test_pull_killed_midway_leaves_nothing_and_the_next_publish_is_exact(
             with pytest.raises(grpc.RpcError):
                 call.result()
         assert list(tmp.iterdir()), "the kill should have left a partial temp file"
+        assert not [rel for rel in named if (first.state_dir / rel).exists()], "a half-stored layer has its name"
         with run_driver(tmp_path, registry, "bind") as second:
             assert list(tmp.iterdir()) == []
             second.publish(request)
@@ -465,4 +475,5 @@ def test_pull_killed_midway_leaves_nothing_and_the_next_publish_is_exact(
                 layer.index(b"data/0007.bin") + 512 : layer.index(b"data/0007.bin") + 512 + (1 << 20)
             ]
             assert len(os.listdir(target / "data")) == 160
+            assert [(second.state_dir / rel).exists() for rel in named] == ([True, False] if blob is layer else [False, True])
             second.unpublish(unpublish_request(request))

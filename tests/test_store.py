@@ -80,6 +80,96 @@ def test_compressed_layer_is_inflated_in_the_same_pass(tmp_path: Path, compressi
     assert (tmp_path / decoded_relpath(digest_of(blob))).read_bytes() == tar
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_compressed_layer_is_kept_once_as_its_tar(tmp_path: Path, compression: str) -> None:
+    """``keep=False``: the compressed bytes are hashed and inflated, never written anywhere, and the
+    row says the layer was verified and is stored as its tar alone (its bytes counted once)."""
+    store = Store(tmp_path)
+    tar = a_tar()
+    blob = gzip.compress(tar) if compression == "gzip" else zstandard.ZstdCompressor().compress(tar)
+    digest = digest_of(blob)
+    store.put_blob(digest, chunks(blob, 100), expected_size=len(blob), compression=compression, keep=False)
+    assert not (tmp_path / blob_relpath(digest)).exists() and not store.has_blob(digest)
+    assert (tmp_path / decoded_relpath(digest)).read_bytes() == tar and store.has_blob(digest, decoded=True)
+    assert store.stored_bytes() == len(tar)
+    assert leftovers(store) == []
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        assert db.execute("SELECT size, decoded_size, kept FROM blobs WHERE digest = ?", (digest,)).fetchone() == (
+            len(blob), len(tar), 0)
+
+
+def test_a_layer_kept_as_its_tar_that_does_not_match_its_digest_names_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    blob = gzip.compress(a_tar())
+    claimed = digest_of(blob + b"!")
+    with pytest.raises(errors.DataLoss, match="does not match its digest"):
+        store.put_blob(claimed, [blob], expected_size=len(blob), compression="gzip", keep=False)
+    assert not store.has_blob(claimed, decoded=True) and not (tmp_path / decoded_relpath(claimed)).exists()
+    assert leftovers(store) == [] and store.stored_bytes() == 0
+
+
+def test_a_blob_stored_as_its_tar_and_then_as_served_keeps_both_facts(tmp_path: Path) -> None:
+    """One digest, two uses: an image's layer (its tar only) and another artifact's file (the blob
+    itself, rule 4). Whichever comes second, the row keeps what the first stored, so a later pull
+    of either finds what it needs, and the bytes on the disk are counted as they are."""
+    tar = a_tar()
+    blob = gzip.compress(tar)
+    digest = digest_of(blob)
+    for first, second in (({"compression": "gzip", "keep": False}, {}), ({}, {"compression": "gzip", "keep": False})):
+        store = Store(tmp_path / str(len(first)))
+        store.put_blob(digest, [blob], expected_size=len(blob), **first)
+        store.put_blob(digest, [blob], expected_size=len(blob), **second)
+        assert store.read_blob(digest) == blob and store.has_blob(digest)
+        assert (store.root / decoded_relpath(digest)).read_bytes() == tar and store.has_blob(digest, decoded=True)
+        assert store.stored_bytes() == len(blob) + len(tar)
+
+
+def test_collecting_a_layer_kept_as_its_tar_removes_the_tar_and_frees_what_it_held(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    tar = a_tar()
+    blob = gzip.compress(tar)
+    store.put_blob(digest_of(blob), [blob], expected_size=len(blob), compression="gzip", keep=False)
+    assert store.remove_unused_blobs(older_than=time.time() + 1) == len(tar)
+    assert list((tmp_path / "layers" / "sha256").iterdir()) == [] and store.stored_bytes() == 0
+
+
+def test_a_layer_tar_renamed_into_place_whose_row_was_never_written_counts_as_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the rename and the row leaves a tar the store does not know: it is not
+    taken as stored (nothing would ever collect or count it), and the next put stores it whole."""
+    store = Store(tmp_path)
+    tar = a_tar()
+    blob = gzip.compress(tar)
+    digest = digest_of(blob)
+    monkeypatch.setattr(Store, "_db", lambda self, flushed=False: (_ for _ in ()).throw(SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        store.put_blob(digest, [blob], expected_size=len(blob), compression="gzip", keep=False)
+    monkeypatch.undo()
+    assert (tmp_path / decoded_relpath(digest)).is_file() and not store.has_blob(digest, decoded=True)
+    store.put_blob(digest, [blob], expected_size=len(blob), compression="gzip", keep=False)
+    assert store.has_blob(digest, decoded=True) and store.stored_bytes() == len(tar)
+
+
+def test_a_store_db_from_before_kept_reads_every_blob_as_kept(tmp_path: Path) -> None:
+    """An upgraded node: its rows have no ``kept``, and each blob and tar is still on the disk."""
+    tar = a_tar()
+    blob = gzip.compress(tar)
+    digest = digest_of(blob)
+    for rel, data in ((blob_relpath(digest), blob), (decoded_relpath(digest), tar)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        db.execute("CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, decoded_size INTEGER, "
+                   "fetched_at REAL NOT NULL)")  # fmt: skip
+        db.execute("INSERT INTO blobs VALUES (?, ?, ?, ?)", (digest, len(blob), len(tar), 1.0))
+    store = Store(tmp_path)
+    assert store.has_blob(digest) and store.has_blob(digest, decoded=True)
+    assert store.read_blob(digest) == blob and store.stored_bytes() == len(blob) + len(tar)
+    assert store.remove_unused_blobs(older_than=2.0) == len(blob) + len(tar)
+    assert not (tmp_path / blob_relpath(digest)).exists() and not (tmp_path / decoded_relpath(digest)).exists()
+
+
 def test_concatenated_gzip_members_inflate_whole(tmp_path: Path) -> None:
     store = Store(tmp_path)
     tar = a_tar()

@@ -227,7 +227,8 @@ class _NotStored(Exception):
 def _rebuild(store: Store, ref: Reference, digest: str, cfg: PullConfig, platform: str) -> str | None:
     """Commit again, under the current layout rules, a tree recorded under older ones, from the
     manifest and layers the node stores, without the registry; None when one of them is gone (the
-    cache removed it, or older rules never needed it), so that the caller pulls or refuses.
+    cache removed it, older rules never needed it, or the store keeps only the inflated tar of a
+    blob the current rules show as a file), so that the caller pulls or refuses.
 
     A layer that older rules placed as a file (a ToolHive plugin's ``plugin.tar.gz``) is stored
     as its blob only: it is inflated from there (``_ensure_layer``), not fetched again. The tree
@@ -352,15 +353,21 @@ def _ensure_layer(
     limits: rules.Limits,
     tracked: progress.Pull,
 ) -> None:
-    """Store the layer and, when a rule may read it as a compressed tar, its inflated tar.
+    """Store what the rules read of the layer: its inflated tar when a rule may read it as a
+    compressed tar, and the blob itself unless only its tar is ever read (``rules.tar_only``).
 
-    A blob stored without the inflated tar (placed as a file by older rules, or by another
-    artifact that titles the same blob) is inflated from the store, not fetched again.
+    What the store already holds is not fetched again: a blob stored without its inflated tar
+    (placed as a file by older rules, or by another artifact that titles the same blob) is
+    inflated from the store. A blob kept only as its tar that this layer needs as it was served
+    (another artifact placed the same digest by rules 0 to 2) is fetched, or ``_NotStored``
+    without a client.
     """
     compression = rules.compression(layer.media_type) if rules.may_unpack(layer) else None
     with store.single_flight(layer.digest):
+        inflate = bool(compression) and not store.has_blob(layer.digest, decoded=True)
         stored = store.has_blob(layer.digest)
-        if stored and (not compression or store.has_blob(layer.digest, decoded=True)):
+        keep = not rules.tar_only(layer) and not stored
+        if not inflate and not keep:
             metrics.BLOBS.labels("cache").inc()
             tracked.skip(layer.size)
             return
@@ -373,9 +380,10 @@ def _ensure_layer(
                 layer.digest,
                 tracked.counted(chunks),
                 expected_size=layer.size,
-                compression=compression or None,
+                compression=compression if inflate else None,
                 max_decoded_bytes=limits.max_unpacked_bytes,
                 what=f"layer {layer.digest} ({layer.media_type}) of {ref}",
+                keep=keep,
             )
         metrics.BLOBS.labels(source).inc()
         if not stored:

@@ -3,7 +3,7 @@
 Layout under the state dir::
 
     store.db                      SQLite (WAL): blobs, trees, tree listings, resolutions, verdicts
-    blobs/sha256/<hex>            every blob exactly as the registry served it, verified
+    blobs/sha256/<hex>            a blob exactly as the registry served it, verified (not a layer kept as its tar)
     layers/sha256/<hex>.tar       the uncompressed tar of a compressed tar-family layer
     tmp/                          work files; renamed into place only once verified
 
@@ -16,6 +16,15 @@ Why this shape:
 - A compressed layer is inflated *during* the download (one pass over the bytes),
   so the FUSE view can serve a file as a byte range of an uncompressed tar, and the
   bind view can copy it out, without inflating anything again.
+- Each layer is kept once: a compressed layer that only a rule reading its tar places
+  (``rules.tar_only``) is hashed and inflated as it arrives and its compressed bytes are
+  never written (``put_blob(keep=False)``); its row in ``blobs`` (``kept`` 0, the compressed
+  ``size``, the tar's ``decoded_size``) says it was verified and is stored as the tar alone.
+  Only a titled ``tar+gzip`` that may be a directory or a file (rules 3 and 4) keeps both,
+  and a blob some artifact shows as a file is stored as it is, even when another artifact
+  stored the same digest as its tar first: the row then keeps both facts.
+  Rows of older versions (no ``kept`` column) read as kept: their blobs are still on the disk,
+  and stay until the layer is collected, since a tree of older layout rules may show one as a file.
 - A tree counts as present only once its row in ``trees`` is committed, in the same
   transaction as its entries, after every blob it points at is in place and flushed.
   That row is what "complete" means for everything downstream. store.db commits without
@@ -70,8 +79,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
-    decoded_size INTEGER,
-    fetched_at REAL NOT NULL
+    decoded_size INTEGER,  -- the inflated tar's size when layers/sha256/<hex>.tar holds it
+    fetched_at REAL NOT NULL,
+    kept INTEGER NOT NULL DEFAULT 1  -- 0: a compressed layer verified and kept only as its tar
 );
 CREATE TABLE IF NOT EXISTS trees (
     digest TEXT PRIMARY KEY,
@@ -130,6 +140,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
 """
 
 CHUNK = 1 << 20
+_STORED = "(CASE WHEN kept THEN size ELSE 0 END + COALESCE(decoded_size, 0))"
+"""A ``blobs`` row's bytes on the disk: the blob if it is kept, and its inflated tar."""
 LISTING_PART = 4096
 """Entries per packed row of ``listings``."""
 
@@ -236,8 +248,8 @@ class _Inflater:
     """Inflates a layer and writes its tar in a thread of its own, chunk by chunk, in order.
 
     A cold pull is three CPU-bound passes over the bytes: sha256 of the blob, inflating it,
-    and writing both files. All three run in C with the GIL released (hashlib for more than
-    2 KiB, ISA-L and zstd, file writes), so the inflate, the longest, overlaps the download and
+    and writing the tar (and the blob, when it is kept). All three run in C with the GIL released
+    (hashlib for more than 2 KiB, ISA-L and zstd, file writes), so the inflate, the longest, overlaps the download and
     the hash instead of following them (bench/RESULTS.md has the numbers). It behaves as the
     serial loop did: the same checks on the same bytes, and the first error in chunk order is
     the one ``close`` raises. The digest is the stronger fact, so a failed inflate does not stop
@@ -327,6 +339,8 @@ class Store:
         conn.executescript(SCHEMA)
         if "layout" not in {row[1] for row in conn.execute("PRAGMA table_info(trees)")}:  # a store.db from before it
             conn.execute("ALTER TABLE trees ADD COLUMN layout INTEGER NOT NULL DEFAULT 1")
+        if "kept" not in {row[1] for row in conn.execute("PRAGMA table_info(blobs)")}:  # every blob was kept then
+            conn.execute("ALTER TABLE blobs ADD COLUMN kept INTEGER NOT NULL DEFAULT 1")
 
     # -- database ---------------------------------------------------------------------
 
@@ -392,6 +406,12 @@ class Store:
     # -- blobs ------------------------------------------------------------------------
 
     def has_blob(self, digest: str, decoded: bool = False) -> bool:
+        """Whether the blob as it was served (``decoded``: its inflated tar) is stored: its row says
+        so and the file is there. A file whose row was never written (a crash right after its rename)
+        counts as absent, so that the next pull stores and records it, and collection can find it."""
+        row = self._conn().execute("SELECT kept, decoded_size FROM blobs WHERE digest = ?", (digest,)).fetchone()
+        if row is None or not (row[1] is not None if decoded else row[0]):
+            return False
         rel = decoded_relpath(digest) if decoded else blob_relpath(digest)
         return (self.root / rel).is_file()
 
@@ -417,16 +437,19 @@ class Store:
         compression: str | None = None,
         max_decoded_bytes: int | None = None,
         what: str = "",
+        keep: bool = True,
     ) -> None:
         """Stream a blob into the store, verifying its size and digest before it is named.
 
         With ``compression`` ("gzip"/"zstd") the inflated tar is written alongside in the
-        same pass. Bytes that do not match the digest are DATA_LOSS even when they also fail to
-        inflate: the inflate's own error (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED past
+        same pass; ``keep=False`` (only with ``compression``) writes the tar alone: the blob's
+        bytes are hashed and inflated, never written, and a blob already stored stays. Bytes that
+        do not match the digest are DATA_LOSS even when they also fail to inflate: the inflate's own error (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED past
         ``max_decoded_bytes``) is raised only for the digest's bytes. ``what`` names the blob in
         error messages (reference and layer).
         """
         what = what or digest
+        assert keep or compression, "a blob neither kept nor inflated would store nothing"
         hexpart = digest_hex(digest)
         tmp = self.root / "tmp"
         suffix = f"{hexpart}.{os.getpid()}.{threading.get_ident()}"
@@ -437,7 +460,7 @@ class Store:
         undecodable: Exception | None = None  # the inflater's error, raised once the digest matches
         try:
             with contextlib.ExitStack() as stack:
-                raw = stack.enter_context(_open_write_behind(raw_tmp))
+                raw = stack.enter_context(_open_write_behind(raw_tmp)) if keep else None
                 inflater = None
                 if compression:
                     out = stack.enter_context(_open_write_behind(dec_tmp))
@@ -451,7 +474,8 @@ class Store:
                                 "declares; the registry or artifact is corrupt, push it again"
                             )
                         hasher.update(chunk)
-                        raw.write(chunk)
+                        if raw is not None:
+                            raw.write(chunk)
                         if inflater is not None:
                             inflater.feed(chunk)
                 except BaseException:
@@ -473,7 +497,8 @@ class Store:
                 raise undecodable
             if compression:
                 commit_file(dec_tmp, self.root / decoded_relpath(digest))
-            commit_file(raw_tmp, self.root / blob_relpath(digest))
+            if keep:
+                commit_file(raw_tmp, self.root / blob_relpath(digest))
         except INFLATE_ERRORS as exc:
             raise errors.InvalidArgument(
                 f"{what}: the layer is not valid {compression} data ({exc}); the artifact is broken, push it again"
@@ -489,10 +514,12 @@ class Store:
             for leftover in (raw_tmp, dec_tmp):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
-        with self._db() as db:
+        with self._db() as db:  # an upsert: what an earlier put stored (the blob, or its tar) is still there
             db.execute(
-                "INSERT OR REPLACE INTO blobs (digest, size, decoded_size, fetched_at) VALUES (?, ?, ?, ?)",
-                (digest, received, decoded if compression else None, time.time()),
+                "INSERT INTO blobs (digest, size, decoded_size, fetched_at, kept) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, fetched_at = excluded.fetched_at, "
+                "decoded_size = COALESCE(excluded.decoded_size, decoded_size), kept = MAX(kept, excluded.kept)",
+                (digest, received, decoded if compression else None, time.time(), int(keep)),
             )
 
     # -- trees ------------------------------------------------------------------------
@@ -588,7 +615,7 @@ class Store:
 
     def stored_bytes(self) -> int:
         """Bytes of blobs and inflated layer tars on disk."""
-        row = self._conn().execute("SELECT COALESCE(SUM(size + COALESCE(decoded_size, 0)), 0) FROM blobs").fetchone()
+        row = self._conn().execute(f"SELECT COALESCE(SUM({_STORED}), 0) FROM blobs").fetchone()
         return int(row[0])
 
     def remove_tree(self, digest: str) -> None:
@@ -609,12 +636,12 @@ class Store:
         """
         with self._db(flushed=True) as db:
             rows = db.execute(
-                "SELECT digest, size + COALESCE(decoded_size, 0) FROM blobs "
+                f"SELECT digest, {_STORED} FROM blobs "
                 "WHERE fetched_at < ? AND digest NOT IN (SELECT blob FROM tree_blobs)",
                 (older_than,),
             ).fetchall()
             db.executemany("DELETE FROM blobs WHERE digest = ?", ((d,) for d, _ in rows))
-        for digest, _ in rows:
+        for digest, _ in rows:  # both names, whatever the row says: older versions could lose decoded_size
             for rel in (blob_relpath(digest), decoded_relpath(digest)):
                 (self.root / rel).unlink(missing_ok=True)
         return sum(size for _, size in rows)
@@ -666,11 +693,12 @@ class Store:
         return json.loads(row[0]) if row else None
 
     def tree_blobs(self, digest: str) -> list[tuple[str, int]]:
-        """(digest, size) of the blobs a committed tree needs: its index, manifest and layers."""
+        """(digest, size) of the blobs a committed tree needs that are stored as they were served: its
+        index, manifest and layers, but not a layer kept only as its tar (``read_blob`` reads each)."""
         return list(
             self._conn().execute(
                 "SELECT tree_blobs.blob, blobs.size FROM tree_blobs JOIN blobs ON blobs.digest = tree_blobs.blob "
-                "WHERE tree_blobs.tree = ? ORDER BY tree_blobs.blob",
+                "WHERE tree_blobs.tree = ? AND blobs.kept ORDER BY tree_blobs.blob",
                 (digest,),
             )
         )

@@ -185,6 +185,23 @@ def may_unpack(layer: Layer) -> bool:
     )
 
 
+def tar_only(layer: Layer) -> bool:
+    """Whether the layer is compressed and only ever read as its inflated tar (rules 0 to 2), so
+    that the store need not keep its compressed blob once it is verified and inflated.
+
+    Not for a titled ``tar+gzip`` outside an image (rules 3 and 4): it is a directory or a file
+    only once its headers are read, and as a file (rule 4) the volume shows the blob itself.
+    """
+    if not compression(layer.media_type):
+        return False
+    return (
+        layer.image
+        or TITLE not in layer.annotations
+        or layer.annotations.get(UNPACK) == "true"
+        or _is_klaus(layer.media_type)
+    )
+
+
 def build_tree(state_dir: Path, layers: Sequence[Layer], limits: Limits) -> list[Entry]:
     """The volume's tree: each layer placed in manifest order by the first matching rule of docs/layout-rules.md.
 
