@@ -58,6 +58,7 @@ import argparse
 import contextlib
 import gzip
 import io
+import itertools
 import os
 import shlex
 import shutil
@@ -377,7 +378,7 @@ def contenders(args: argparse.Namespace, work: Path) -> tuple[Contenders, dict[s
     ours = dict(OURS)
     for revision in args.baseline:
         source = export_revision(revision, work)
-        for mode, running in (("fuse", False), ("bind", False), ("fuse", True), ("bind", True)):
+        for mode, running in itertools.product(("erofs", "fuse", "bind"), (False, True)):
             label = f"{mode}{', running' if running else ''} @{revision}"
             chosen[f"our driver, {label}"] = measure_ours(mode, running, source)
             ours[f"our driver, {label}"] = label

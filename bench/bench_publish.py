@@ -1,6 +1,7 @@
 """Publish latency, warm and cold, against the loopback registry (issue: bench/).
 
-One run measures, for ``--mode fuse``, ``bind`` or both:
+One run measures, for ``--mode erofs``, ``fuse`` or ``bind``, or ``all`` three (``both``: fuse and
+bind), taking turns within each repeat:
 
 * the physical floor for a cold pull: the layer blob fetched with ``curl`` and piped into
   processes that only inflate it and sha256 it (the work no verifying driver can skip), in
@@ -20,7 +21,7 @@ Everything lands on a fresh ext4 that the run formats and loop-mounts (see
 Run as root, in a private mount namespace (the script also enters one itself):
 
     unshare -m --propagation private .venv/bin/python bench/bench_publish.py \\
-        [--mode fuse|bind|both] [--volumes 200] [--size-mib 64] [--repeats 3]
+        [--mode erofs|fuse|bind|both|all] [--volumes 200] [--size-mib 64] [--repeats 3]
 
 It prints a table and refreshes the generated part of ``bench/RESULTS.md`` (between the
 ``bench_publish`` markers; hand-written notes outside them are kept).
@@ -566,7 +567,7 @@ def prepare(parser: argparse.ArgumentParser, tools: Sequence[str], why_root: str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("fuse", "bind", "both"), default="both")
+    parser.add_argument("--mode", choices=("erofs", "fuse", "bind", "both", "all"), default="all")
     parser.add_argument("--volumes", type=int, default=200, help="warm publishes per mode (default 200)")
     parser.add_argument("--size-mib", type=int, default=64, help="uncompressed layer content (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="cold runs of each kind (default 3)")
@@ -576,7 +577,7 @@ def main() -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args, command = prepare(parser, ("curl", "tar", "gzip", "sha256sum", "python3"), "the driver makes real mounts")
-    modes = ["fuse", "bind"] if args.mode == "both" else [args.mode]
+    modes = {"all": ["erofs", "fuse", "bind"], "both": ["fuse", "bind"]}.get(args.mode, [args.mode])
 
     print(f"generating a {args.size_mib} MiB layer ...", flush=True)
     layer = make_layer(args.size_mib)

@@ -1,7 +1,7 @@
 """Where a publish spends its time: py-spy samples the real ``serve`` process during publishes.
 
     unshare -m --propagation private .venv/bin/python bench/profile_publish.py \\
-        --phase cold|warm [--mode fuse|bind] [--volumes 200] [--size-mib 64] [--rate 1000] \\
+        --phase cold|warm [--mode erofs|fuse|bind] [--volumes 200] [--size-mib 64] [--rate 1000] \\
         [--image single|layers]
 
 Starts the loopback registry and the driver as ``bench_publish.py`` does, attaches
@@ -75,7 +75,7 @@ def summarize(raw: Path, top: int, rate: int, only_rpcs: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=("cold", "warm"), required=True)
-    parser.add_argument("--mode", choices=("fuse", "bind"), default="fuse")
+    parser.add_argument("--mode", choices=("erofs", "fuse", "bind"), default="fuse")
     parser.add_argument("--fuse", action="store_true", help="sample the FUSE view process, not serve")
     parser.add_argument("--volumes", type=int, default=200)
     parser.add_argument("--size-mib", type=int, default=64)
