@@ -175,14 +175,7 @@ def may_unpack(layer: Layer) -> bool:
     """
     if tar_path(layer) is None:
         return False
-    title = layer.annotations.get(TITLE)
-    return (
-        layer.image
-        or title is None
-        or layer.annotations.get(UNPACK) == "true"
-        or _is_klaus(layer.media_type)
-        or layer.media_type == OCI_TAR_GZIP
-    )
+    return _unpacked_whole(layer) or layer.media_type == OCI_TAR_GZIP
 
 
 def tar_only(layer: Layer) -> bool:
@@ -192,8 +185,12 @@ def tar_only(layer: Layer) -> bool:
     Not for a titled ``tar+gzip`` outside an image (rules 3 and 4): it is a directory or a file
     only once its headers are read, and as a file (rule 4) the volume shows the blob itself.
     """
-    if not compression(layer.media_type):
-        return False
+    return bool(compression(layer.media_type)) and _unpacked_whole(layer)
+
+
+def _unpacked_whole(layer: Layer) -> bool:
+    """Whether a tar-family layer is placed by rules 0 to 2, as the tar it is: a layer of an
+    image, an untitled one, one annotated to be unpacked, or a Klaus layer."""
     return (
         layer.image
         or TITLE not in layer.annotations

@@ -102,6 +102,11 @@ def hardlinks(entries: Iterable[Entry]) -> dict[str, dict[int, int]]:
     return linked
 
 
+def is_hardlink(links: dict[str, dict[int, int]], entry: Entry) -> bool:
+    """Whether ``entry`` is one of the names ``links`` (``hardlinks``) counts."""
+    return entry.source in links and entry.offset in links[entry.source]
+
+
 LAYOUT_VERSION = 2
 """What a tree built by this code holds, recorded with every tree the store commits.
 

@@ -24,7 +24,14 @@ from pathlib import Path
 from csi_driver import errors
 from csi_driver.content.store import Store, fsync_path, syncfs_path
 from csi_driver.layout.rules import depth_first
-from csi_driver.layout.tree import LAYOUT_VERSION, ROOT, Entry, Kind, hardlinks
+from csi_driver.layout.tree import (
+    LAYOUT_VERSION,
+    ROOT,
+    Entry,
+    Kind,
+    hardlinks,
+    is_hardlink,
+)
 from csi_driver.reference import digest_hex
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -177,7 +184,7 @@ class _Builder:
             os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
             mtime = entry.mtime * 1_000_000_000 + entry.mtime_nsec
             os.utime(name, ns=(mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
-        elif entry.source in self.links and entry.offset in self.links[entry.source]:
+        elif is_hardlink(self.links, entry):
             self._link(entry, name, dir_fd)
         else:
             self._create_file(entry, name, dir_fd)
@@ -306,7 +313,7 @@ class BindView:
             known = 0
             for entry in entries:
                 if entry.kind is Kind.FILE:
-                    if entry.source in links and entry.offset in links[entry.source]:
+                    if is_hardlink(links, entry):
                         if (entry.source, entry.offset) in counted:
                             continue
                         counted.add((entry.source, entry.offset))
